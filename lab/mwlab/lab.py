@@ -1,0 +1,659 @@
+"""The lab: builds a multi-ISP topology out of network namespaces and tears it down again.
+
+Layout built by :meth:`Lab.up` (``L`` = lab name, ``S`` = site, ``U`` = uplink name, ``k`` =
+uplink index in the site)::
+
+    L-S-c1 ..cN --eth0--[L-S-sw: bridge Lbr, ports Lp0..LpN]--lan0-- L-S-gw
+    L-S-gw --wanX-- (cust) L-S-U (transit) -- (LSuk) L-inet   [198.18.x.x on lo]
+
+* LAN: always a switch namespace ``L-S-sw`` with a bridge ``Lbr``; the gateway's LAN
+  interface and every client's ``eth0`` are veths whose other ends (``Lp0`` gateway, ``LpN``
+  client N) are bridge ports. So clients=0..8 all look the same from the gateway.
+* ISP router ``L-S-U``: ``cust`` faces the gateway, ``transit`` faces the internet (transit /30 from
+  100.127.0.0/16), forwarding on, no NAT, BCP38 + counters in nft table ``inet L``.
+* Internet ``L-inet``: holds the internet hosts on ``lo``, routes every uplink's customer
+  network back via its ISP router, runs one reflector (``python3 -m mwlab.reflector``).
+* Gateway ``L-S-gw``: addresses and connected routes only, no default route, forwarding off.
+  Its anchor process (``L-S-anchor``) lives in the gateway netns and in a private mount
+  namespace with overlays over /etc, /var, /root (upper/work under /var/lib/mwlab/L/S/), private
+  tmpfs on /run and /tmp, and /sys remounted for the netns. Pid in /run/mwlab/L/S.gw.pid.
+
+IPv6 (only when the topology has ``address6``/``network6``; see topology.py for the plan): the
+internet holds ``hosts6`` on ``lo`` and a 2001:db8:fffe:g::/64 transit per ISP router; routers
+forward IPv6 and keep global addresses on link down (``keep_addr_on_down``); DAD is off in every
+lab namespace so addresses are usable at once, also after a carrier flap.
+
+Sysctls: routers ip_forward=1, IPv6 forwarding=1, rp_filter=0; gateway ip_forward=0, IPv6
+forwarding=0, rp_filter=0 (explicit, so results do not depend on the host's values); internet
+rp_filter=0.
+
+``up`` on a lab name that already exists (state file or any ``L-*`` namespace) tears that lab
+down first. ``down`` kills the lab's recorded processes (pid + start time + cmdline checked) and
+every process still living in one of the lab's network namespaces (so nothing keeps a
+namespace or an overlay alive), deletes every ``L-*`` namespace (state file or not), and removes
+/run/mwlab/L and /var/lib/mwlab/L. It is idempotent and works after a crash.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import importlib.util
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+from .netns import (
+    LabError,
+    Netns,
+    kill_pids,
+    mounts_under,
+    proc_alive,
+    proc_cmdline,
+    proc_start_time,
+    pids_in_mntns,
+    umount_lazy,
+)
+from .topology import LAB_RE, DEFAULT_LAB, Topology, TopologyError, Uplink
+
+log = logging.getLogger("mwlab")
+
+RUN_ROOT = Path("/run/mwlab")
+VAR_ROOT = Path("/var/lib/mwlab")
+REFLECTOR_PORT = 7777
+FAIL_MODES = ("upstream", "link", "blackhole")
+OVERLAY_DIRS = ("etc", "root", "var")  # order matters: /var last (the upper dirs live in it)
+LAB_DIR = Path(__file__).resolve().parent.parent  # the directory that holds the mwlab package
+
+# Processes this interpreter started, kept referenced so Popen never warns and can reap them.
+_CHILDREN: dict[int, subprocess.Popen] = {}
+
+
+def lab_name(name: str | None = None) -> str:
+    """--lab beats MWLAB_NAME beats the default ``mwl``."""
+    name = name or os.environ.get("MWLAB_NAME") or DEFAULT_LAB
+    if not LAB_RE.match(name):
+        raise LabError(f"lab name {name!r} must be 1-5 characters of [a-z0-9]")
+    return name
+
+
+class Lab:
+    """One lab, addressed by name. All state lives in ``/run/mwlab/{name}/state.json``."""
+
+    def __init__(self, name: str | None = None):
+        self.name = lab_name(name)
+        self.ns = Netns(self.name)
+        self.run_dir = RUN_ROOT / self.name
+        self.var_dir = VAR_ROOT / self.name
+        self.state_file = self.run_dir / "state.json"
+        self.reflector_dir = self.run_dir / "reflector"
+        self._lock_depth = 0
+        self._lock_fd: int | None = None
+
+    # ---- state -------------------------------------------------------------------------------------
+    def load_state(self) -> dict[str, Any] | None:
+        try:
+            return json.loads(self.state_file.read_text())
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as e:
+            log.warning("ignoring unreadable state file %s: %s", self.state_file, e)
+            return None
+
+    def _state(self) -> dict[str, Any]:
+        st = self.load_state()
+        if st is None or st.get("status") != "up":
+            raise LabError(f"lab {self.name} is not up (no usable {self.state_file})")
+        return st
+
+    def _save(self, st: dict[str, Any]) -> None:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        tmp = self.state_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(st, indent=1, sort_keys=True))
+        os.replace(tmp, self.state_file)
+
+    @property
+    def topology(self) -> Topology:
+        return Topology.from_dict(self._state()["topology"])
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        if self._lock_depth == 0:
+            RUN_ROOT.mkdir(parents=True, exist_ok=True)
+            self._lock_fd = os.open(RUN_ROOT / f"{self.name}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
+        self._lock_depth += 1
+        try:
+            yield
+        finally:
+            self._lock_depth -= 1
+            if self._lock_depth == 0 and self._lock_fd is not None:
+                os.close(self._lock_fd)
+                self._lock_fd = None
+
+    # ---- names -------------------------------------------------------------------------------------
+    def pidfile(self, site: str) -> Path:
+        return self.run_dir / f"{site}.gw.pid"
+
+    def namespace(self, site: str, role: str, topo: Topology | None = None) -> str:
+        """Namespace of ``role`` (gw, sw, cN, an uplink name, or inet) at ``site``."""
+        topo = topo or self.topology
+        if role == "inet" or site == "inet":
+            return topo.inet_ns
+        s = topo.site(site)
+        if role == "gw":
+            return s.gw_ns
+        if role == "sw":
+            return s.switch_ns
+        if role.startswith("c") and role[1:].isdigit():
+            n = int(role[1:])
+            if not 1 <= n <= s.clients:
+                raise LabError(f"site {site}: no client {role} (clients: {s.clients})")
+            return s.client_ns(n)
+        return s.uplink(role).router_ns
+
+    def gateway_pid(self, site: str) -> int:
+        st = self._state()
+        rec = st["pids"].get(f"{site}.gw")
+        if rec is None:
+            raise LabError(f"lab {self.name}: no site {site!r}")
+        if not self._verify(rec):
+            raise LabError(f"lab {self.name}: anchor of site {site} (pid {rec['pid']}) is gone")
+        return rec["pid"]
+
+    def argv(self, site: str, role: str, cmd: Sequence[str]) -> list[str]:
+        """Command line that runs ``cmd`` in that namespace (gateway: in the anchor's view)."""
+        if role == "gw" and site != "inet":
+            return ["nsenter", "--target", str(self.gateway_pid(site)), "--net", "--mount", "--", *cmd]
+        return self.ns.argv(self.namespace(site, role), cmd)
+
+    def run(self, site: str, role: str, cmd: Sequence[str], check: bool = False, timeout: float = 30, **kw: Any) -> subprocess.CompletedProcess:
+        p = subprocess.run(self.argv(site, role, cmd), capture_output=True, text=True, timeout=timeout, **kw)
+        if check and p.returncode != 0:
+            raise LabError(f"{site}/{role}: {' '.join(cmd)} failed (rc {p.returncode}): {(p.stderr or p.stdout).strip()}")
+        return p
+
+    # ---- processes ---------------------------------------------------------------------------------
+    @staticmethod
+    def _verify(rec: dict[str, Any]) -> bool:
+        """Is the recorded process still the one we started (start time + cmdline marker)?"""
+        try:
+            pid = int(rec["pid"])
+            if not proc_alive(pid) or proc_start_time(pid) != rec["start"]:
+                return False
+            return str(rec["marker"]) in "\0".join(proc_cmdline(pid))
+        except (KeyError, TypeError, ValueError):
+            return False
+
+    def _spawn(self, argv: list[str], logname: str, env: dict[str, str] | None = None) -> subprocess.Popen:
+        logf = open(self.run_dir / logname, "ab")
+        try:
+            p = subprocess.Popen(
+                argv, stdin=subprocess.DEVNULL, stdout=logf, stderr=logf, env=env,
+                start_new_session=True, close_fds=True,
+            )
+        finally:
+            logf.close()
+        _CHILDREN[p.pid] = p
+        return p
+
+    def _log_tail(self, logname: str) -> str:
+        try:
+            return (self.run_dir / logname).read_text(errors="replace")[-800:].strip()
+        except OSError:
+            return ""
+
+    def _start_anchor(self, site: str) -> dict[str, Any]:
+        name = f"{self.name}-{site}-anchor"
+        base = self.var_dir / site
+        lines = ["set -e"]
+        for d in OVERLAY_DIRS:
+            (base / d / "upper").mkdir(parents=True, exist_ok=True)
+            (base / d / "work").mkdir(parents=True, exist_ok=True)
+            lines.append(f"mount -t overlay {self.name}-{site}-{d} -o lowerdir=/{d},upperdir={base}/{d}/upper,workdir={base}/{d}/work /{d}")
+        lines += [
+            f"mount -t tmpfs -o mode=0755 {self.name}-{site}-run /run",
+            f"mount -t tmpfs -o mode=1777 {self.name}-{site}-tmp /tmp",
+            "mount -t sysfs sysfs /sys",
+            f"exec -a {name} sleep infinity",
+        ]
+        script = "\n".join(lines)
+        gw_ns = f"{self.name}-{site}-gw"
+        argv = ["nsenter", f"--net={self.ns.path(gw_ns)}", "unshare", "--mount", "--propagation", "private",
+                "bash", "-c", script]
+        logname = f"{site}.gw.log"
+        p = self._spawn(argv, logname)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            cmd = proc_cmdline(p.pid)
+            if cmd and cmd[0] == name:
+                break
+            if p.poll() is not None:
+                raise LabError(f"anchor of site {site} exited (rc {p.returncode}): {self._log_tail(logname)}")
+            time.sleep(0.01)
+        else:
+            raise LabError(f"anchor of site {site} did not come up: {self._log_tail(logname)}")
+        mnt = os.stat(f"/proc/{p.pid}/ns/mnt")
+        rec = {"pid": p.pid, "start": proc_start_time(p.pid), "marker": name, "kind": "anchor",
+               "mntns": [mnt.st_dev, mnt.st_ino]}
+        self.pidfile(site).write_text(f"{p.pid}\n")
+        return rec
+
+    def _start_reflector(self) -> dict[str, Any] | None:
+        """Start the reflector and wait until it is ready (or give up with a warning)."""
+        return self._wait_reflector(self._spawn_reflector())
+
+    def _spawn_reflector(self) -> subprocess.Popen | None:
+        if importlib.util.find_spec("mwlab.reflector") is None:
+            log.warning("mwlab.reflector is not importable: the internet namespace runs no reflector")
+            return None
+        self.reflector_dir.mkdir(parents=True, exist_ok=True)
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join([str(LAB_DIR)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
+        argv = self.ns.argv(f"{self.name}-inet", [sys.executable, "-m", "mwlab.reflector",
+                                                  "--state-dir", str(self.reflector_dir), "--port", str(REFLECTOR_PORT)])
+        return self._spawn(argv, "reflector.log", env=env)
+
+    def _wait_reflector(self, p: subprocess.Popen | None) -> dict[str, Any] | None:
+        if p is None:
+            return None
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            if '"ready"' in self._log_tail("reflector.log"):
+                break
+            if p.poll() is not None:
+                log.warning("reflector exited (rc %s): %s", p.returncode, self._log_tail("reflector.log"))
+                return None
+            time.sleep(0.02)
+        else:
+            log.warning("reflector did not report ready within 5 s; keeping it")
+        return {"pid": p.pid, "start": proc_start_time(p.pid), "marker": str(self.reflector_dir), "kind": "reflector"}
+
+    # ---- up ----------------------------------------------------------------------------------------
+    def up(self, topology: Topology | str | Path) -> Topology:
+        """Build the lab (tearing down an existing lab of the same name first)."""
+        if not isinstance(topology, Topology):
+            topology = Topology.load(topology, lab=self.name)
+        elif topology.lab != self.name:
+            topology = Topology.from_dict(topology.to_dict(), lab=self.name)
+        topo = topology
+        with self._locked():
+            if self.load_state() is not None or self.ns.list() or self.run_dir.exists() or self.var_dir.exists():
+                log.info("lab %s exists: tearing it down first", self.name)
+                self.down()
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            self.var_dir.mkdir(parents=True, exist_ok=True)
+            st: dict[str, Any] = {
+                "lab": self.name, "status": "building", "created": time.time(),
+                "topology": topo.to_dict(), "namespaces": topo.namespaces, "pids": {},
+                "dirs": [str(self.run_dir), str(self.var_dir)], "failures": {}, "impairments": {},
+                "warnings": [],
+            }
+            self._save(st)
+            try:
+                self._build(topo)
+                spawned = self._spawn_reflector()  # python starts while the anchors come up
+                if spawned is not None:
+                    st["pids"]["reflector"] = {"pid": spawned.pid, "start": proc_start_time(spawned.pid),
+                                               "marker": str(self.reflector_dir), "kind": "reflector"}
+                for s in topo.sites:
+                    st["pids"][f"{s.name}.gw"] = self._start_anchor(s.name)
+                    self._save(st)
+                refl = self._wait_reflector(spawned)
+                if refl:
+                    st["pids"]["reflector"] = refl
+                else:
+                    st["pids"].pop("reflector", None)
+                    st["warnings"].append("no reflector running")
+                st["status"] = "up"
+                self._save(st)
+            except BaseException:
+                log.error("building lab %s failed; tearing down", self.name)
+                try:
+                    self.down()
+                except Exception as e:  # pragma: no cover - best effort
+                    log.error("teardown after failed build: %s", e)
+                raise
+        return topo
+
+    def _build(self, topo: Topology) -> None:
+        lab = self.name
+        inet = topo.inet_ns
+        for n in topo.namespaces:
+            self.ns.add(n)
+        links: dict[str, list[str]] = {n: [] for n in topo.namespaces}
+        conf: dict[str, list[str]] = {n: ["link set dev lo up"] for n in topo.namespaces}
+        sysctl: dict[str, dict[str, Any]] = {}
+        nft: dict[str, str] = {}
+
+        # Every namespace: no IPv6 DAD (addresses usable at once, also after a carrier flap).
+        for n in topo.namespaces:
+            sysctl[n] = {"net.ipv6.conf.all.accept_dad": 0, "net.ipv6.conf.default.accept_dad": 0}
+        conf[inet] += [f"address add {h}/32 dev lo" for h in topo.hosts]
+        conf[inet] += [f"address add {h}/128 dev lo" for h in topo.hosts6]
+        sysctl[inet].update({"net.ipv4.conf.all.rp_filter": 0, "net.ipv4.conf.default.rp_filter": 0, "net.ipv4.ip_forward": 0})
+        for s in topo.sites:
+            gw, sw = s.gw_ns, s.switch_ns
+            br = f"{lab}br"
+            links[sw].append(f"link add name {br} type bridge stp_state 0")
+            links[gw].append(f"link add name {s.lan_interface} type veth peer name {lab}p0 netns {sw}")
+            ports = [f"{lab}p0"]
+            for n in range(1, s.clients + 1):
+                c = s.client_ns(n)
+                links[c].append(f"link add name eth0 type veth peer name {lab}p{n} netns {sw}")
+                ports.append(f"{lab}p{n}")
+                conf[c] += [
+                    f"address add {s.client_address(n)} dev eth0", "link set dev eth0 up",
+                    f"route add default via {s.gw_lan_address.ip} dev eth0",
+                ]
+                if s.lan_network6 is not None:
+                    conf[c] += [f"address add {s.client_address6(n)} dev eth0",
+                                f"route add ::/0 via {s.gw_lan_address6.ip} dev eth0"]
+            conf[sw] += [f"link set dev {br} up"] + [x for p in ports for x in (f"link set dev {p} master {br}", f"link set dev {p} up")]
+            conf[gw] += [f"address add {s.gw_lan_address} dev {s.lan_interface}", f"link set dev {s.lan_interface} up"]
+            if s.lan_network6 is not None:
+                conf[gw].append(f"address add {s.gw_lan_address6} dev {s.lan_interface}")
+            sysctl[gw].update({"net.ipv4.ip_forward": 0, "net.ipv4.conf.all.rp_filter": 0, "net.ipv4.conf.default.rp_filter": 0,
+                               "net.ipv6.conf.all.forwarding": 0})
+            for u in s.uplinks:
+                r = u.router_ns
+                if u.device_only:
+                    links[gw].append(f"link add name {u.interface} address {u.mac} type veth peer name cust address {u.mac} netns {r}")
+                    # same MAC on both ends: random link-local addresses keep the ends distinct
+                    conf[gw] += [f"link set dev {u.interface} arp off", f"link set dev {u.interface} addrgenmode random",
+                                 f"address add {u.address.ip} peer {u.peer}/32 dev {u.interface}"]
+                    conf[r] += ["link set dev cust arp off", "link set dev cust addrgenmode random"]
+                else:
+                    links[gw].append(f"link add name {u.interface} type veth peer name cust netns {r}")
+                    conf[gw].append(f"address add {u.address} dev {u.interface}")
+                if u.address6 is not None:
+                    conf[gw].append(f"address add {u.address6} dev {u.interface}")
+                conf[gw].append(f"link set dev {u.interface} up")
+                links[r].append(f"link add name transit type veth peer name {u.inet_ifname} netns {inet}")
+                conf[r] += self._router_addresses(u)
+                conf[r] += ["link set dev cust up", f"address add {u.transit_router}/30 dev transit",
+                            f"address add {u.transit6_router}/64 dev transit", "link set dev transit up"]
+                conf[r] += self._router_routes(u)
+                conf[inet] += [f"address add {u.transit_inet}/30 dev {u.inet_ifname}",
+                               f"address add {u.transit6_inet}/64 dev {u.inet_ifname}", f"link set dev {u.inet_ifname} up"]
+                conf[inet] += self._inet_routes(u)
+                sysctl[r].update({"net.ipv4.ip_forward": 1, "net.ipv4.conf.all.rp_filter": 0, "net.ipv4.conf.default.rp_filter": 0,
+                                  "net.ipv6.conf.all.forwarding": 1, "net.ipv6.conf.all.keep_addr_on_down": 1})
+                nft[r] = self._router_nft(u)
+        for n, kv in sysctl.items():  # before the links: "default" applies to links created later
+            self.ns.sysctl(n, kv)
+        for n in topo.namespaces:
+            self.ns.batch(n, links[n])
+        for n in topo.namespaces:
+            self.ns.batch(n, conf[n])
+        for n, script in nft.items():
+            self.ns.nft(n, script)
+
+    @staticmethod
+    def _router_addresses(u: Uplink) -> list[str]:
+        """The ISP router's customer-side addresses (restore re-adds them: a link-local address
+        does not survive link down even with keep_addr_on_down)."""
+        if u.device_only:
+            return [f"address replace {u.peer} peer {u.address.ip}/32 dev cust"]
+        out = [f"address replace {u.gateway}/{u.address.network.prefixlen} dev cust"]
+        if u.gateway6 is not None:
+            plen = 64 if u.gateway6.is_link_local else u.address6.network.prefixlen  # type: ignore[union-attr]
+            out.append(f"address replace {u.gateway6}/{plen} dev cust")
+        return out
+
+    @staticmethod
+    def _router_routes(u: Uplink) -> list[str]:
+        out = [f"route replace default via {u.transit_inet} dev transit",
+               f"route replace ::/0 via {u.transit6_inet} dev transit"]
+        if u.address6 is not None and (u.device_only or u.gateway6.is_link_local):  # type: ignore[union-attr]
+            out.append(f"route replace {u.address6.network} dev cust")
+        return out
+
+    @staticmethod
+    def _inet_routes(u: Uplink) -> list[str]:
+        out = [f"route replace {u.customer_network} via {u.transit_router} dev {u.inet_ifname}"]
+        if u.address6 is not None:
+            out.append(f"route replace {u.address6.network} via {u.transit6_router} dev {u.inet_ifname}")
+        return out
+
+    def _router_nft(self, u: Uplink) -> str:
+        t = self.name
+        if u.address6 is None:
+            v6rule = 'iifname "cust" meta nfproto ipv6 counter name bcp38_drop drop comment "no IPv6 service"'
+        else:
+            v6rule = f'iifname "cust" ip6 saddr != {u.address6.ip} counter name bcp38_drop drop'
+        return f"""
+table inet {t}
+delete table inet {t}
+table inet {t} {{
+    counter bcp38_drop {{ }}
+    counter from_cust {{ }}
+    counter to_cust {{ }}
+    counter fail_drop {{ }}
+    counter loss_drop {{ }}
+    chain fail_in {{ }}
+    chain fail_out {{ }}
+    chain loss_in {{ }}
+    chain loss_out {{ }}
+    chain pre {{
+        type filter hook prerouting priority raw; policy accept;
+        iifname "cust" jump fail_in
+        iifname "cust" jump loss_in
+        iifname "cust" ip6 saddr {{ ::/128, fe80::/10 }} accept comment "link-local housekeeping, not counted"
+        iifname "cust" ip saddr != {u.address.ip} counter name bcp38_drop drop
+        {v6rule}
+        iifname "cust" counter name from_cust
+    }}
+    chain post {{
+        type filter hook postrouting priority filter; policy accept;
+        oifname "cust" jump fail_out
+        oifname "cust" jump loss_out
+        oifname "cust" ip6 saddr fe80::/10 accept
+        oifname "cust" counter name to_cust
+    }}
+}}
+"""
+
+    # ---- down --------------------------------------------------------------------------------------
+    def down(self) -> None:
+        """Tear the lab down. Idempotent; needs no state file."""
+        with self._locked():
+            st = self.load_state() or {}
+            recorded = list((st.get("pids") or {}).values())
+            mine = [r["pid"] for r in recorded if isinstance(r, dict) and "pid" in r and self._verify(r)]
+            kill_pids(mine)
+            # Also every process still inside one of the lab's network namespaces (a watchdog the
+            # role started, an Ansible task, a crashed lab's anchor): they would keep the
+            # namespace and the gateway's overlays alive. Nothing but the lab lives there.
+            names = sorted(set(self.ns.list()) | {n for n in st.get("namespaces", []) if n.startswith(self.ns.prefix)})
+            mntns = {tuple(r["mntns"]) for r in recorded if isinstance(r, dict) and isinstance(r.get("mntns"), list)}
+            for _ in range(3):
+                strays = [p for n in names for p in self.ns.pids(n)] + pids_in_mntns(mntns)
+                if not strays:
+                    break
+                kill_pids(strays)
+            for n in names:
+                self.ns.delete(n)
+            for base in (self.var_dir, self.run_dir):
+                for mp in sorted(mounts_under(str(base)), key=len, reverse=True):
+                    umount_lazy(mp)
+            for base in (self.var_dir, self.run_dir):
+                if base.exists():
+                    shutil.rmtree(base, ignore_errors=True)
+                if base.exists():
+                    raise LabError(f"could not remove {base}")
+            for pid, child in list(_CHILDREN.items()):
+                if child.poll() is not None:
+                    del _CHILDREN[pid]
+            left = self.ns.list()
+            if left:
+                raise LabError(f"namespaces left after teardown: {' '.join(left)}")
+
+    # ---- failures ----------------------------------------------------------------------------------
+    def _uplink(self, topo: Topology, site: str, uplink: str) -> Uplink:
+        return topo.site(site).uplink(uplink)
+
+    def fail(self, site: str, uplink: str, mode: str = "upstream") -> None:
+        """Break one uplink: ``upstream`` (ISP loses the internet; ICMP net-unreachable),
+        ``link`` (carrier loss on the gateway's interface), ``blackhole`` (silent drop of all IP
+        to/from the customer at the ISP router; ARP keeps working)."""
+        if mode not in FAIL_MODES:
+            raise LabError(f"unknown failure mode {mode!r} (choose {', '.join(FAIL_MODES)})")
+        with self._locked():
+            st = self._state()
+            topo = Topology.from_dict(st["topology"])
+            u = self._uplink(topo, site, uplink)
+            key = f"{site}/{uplink}"
+            cur = st["failures"].get(key)
+            if cur == mode:
+                return
+            if cur:
+                self._undo(u, cur)
+            r = u.router_ns
+            if mode == "upstream":
+                self.ns.ip(r, "link", "set", "dev", "transit", "down")
+            elif mode == "link":
+                self.ns.ip(r, "link", "set", "dev", "cust", "down")
+            else:
+                t = self.name
+                self.ns.nft(r, f"flush chain inet {t} fail_in\nflush chain inet {t} fail_out\n"
+                               f"add rule inet {t} fail_in counter name fail_drop drop\n"
+                               f"add rule inet {t} fail_out counter name fail_drop drop\n")
+            st["failures"][key] = mode
+            self._save(st)
+
+    def _undo(self, u: Uplink, mode: str) -> None:
+        r = u.router_ns
+        if mode == "upstream":
+            self.ns.ip(r, "link", "set", "dev", "transit", "up")
+        elif mode == "link":
+            self.ns.ip(r, "link", "set", "dev", "cust", "up")
+        elif mode == "blackhole":
+            self.ns.nft(r, f"flush chain inet {self.name} fail_in\nflush chain inet {self.name} fail_out\n")
+        # Link down flushed the routes over that link (and link-local addresses): put them back.
+        self.ns.batch(r, self._router_addresses(u) + self._router_routes(u))
+        self.ns.batch(f"{self.name}-inet", self._inet_routes(u))
+
+    def restore(self, site: str, uplink: str) -> str | None:
+        """Undo whatever ``fail`` did to that uplink. Returns the mode undone (None: nothing)."""
+        with self._locked():
+            st = self._state()
+            topo = Topology.from_dict(st["topology"])
+            u = self._uplink(topo, site, uplink)
+            mode = st["failures"].pop(f"{site}/{uplink}", None)
+            if mode:
+                self._undo(u, mode)
+                self._save(st)
+            return mode
+
+    def impair(self, site: str, uplink: str, loss: int | None = None, clear: bool = False) -> None:
+        """Random loss (percent, each direction) at the ISP router; ``clear`` removes it."""
+        with self._locked():
+            st = self._state()
+            topo = Topology.from_dict(st["topology"])
+            u = self._uplink(topo, site, uplink)
+            key = f"{site}/{uplink}"
+            t = self.name
+            script = f"flush chain inet {t} loss_in\nflush chain inet {t} loss_out\n"
+            if clear or not loss:
+                st["impairments"].pop(key, None)
+            else:
+                if isinstance(loss, bool) or not isinstance(loss, int) or not 0 < loss <= 100:
+                    raise LabError(f"loss must be an integer percentage 1..100, got {loss!r}")
+                script += "".join(f"add rule inet {t} {c} numgen random mod 100 <= {loss - 1} counter name loss_drop drop\n"
+                                  for c in ("loss_in", "loss_out"))
+                st["impairments"][key] = {"loss": loss}
+            self.ns.nft(u.router_ns, script)
+            self._save(st)
+
+    # ---- observation -------------------------------------------------------------------------------
+    def counters(self, site: str, uplink: str) -> dict[str, int]:
+        """Packet counts of the ISP router's named counters (bcp38_drop, from_cust, ...)."""
+        topo = self.topology
+        u = self._uplink(topo, site, uplink)
+        data = self.ns.nft_json(u.router_ns, "list", "counters", "table", "inet", self.name)
+        out = {}
+        for item in data.get("nftables", []):
+            c = item.get("counter")
+            if c:
+                out[c["name"]] = c["packets"]
+        return out
+
+    def status(self) -> dict[str, Any]:
+        st = self.load_state()
+        present = self.ns.list()
+        if st is None:
+            return {"lab": self.name, "status": "down" if not present else "stale", "namespaces": present}
+        topo = Topology.from_dict(st["topology"])
+        procs = {k: {**v, "alive": self._verify(v)} for k, v in st.get("pids", {}).items()}
+        sites = []
+        for s in topo.sites:
+            ups = []
+            for u in s.uplinks:
+                link = self.ns.link(s.gw_ns, u.interface) if s.gw_ns in present else None
+                key = f"{s.name}/{u.name}"
+                try:
+                    counters = self.counters(s.name, u.name) if u.router_ns in present else {}
+                except LabError:
+                    counters = {}
+                ups.append({
+                    "name": u.name, "interface": u.interface, "address": str(u.address),
+                    "gateway": str(u.gateway) if u.gateway else None, "peer": str(u.peer) if u.peer else None,
+                    "router_ns": u.router_ns, "gw_link": (link or {}).get("operstate", "absent"),
+                    "failure": st["failures"].get(key), "impairment": st["impairments"].get(key),
+                    "counters": counters,
+                })
+            sites.append({"name": s.name, "gateway_ns": s.gw_ns, "pidfile": str(self.pidfile(s.name)),
+                          "anchor_alive": procs.get(f"{s.name}.gw", {}).get("alive", False),
+                          "lan": str(s.lan_network), "clients": s.clients, "uplinks": ups})
+        missing = [n for n in st.get("namespaces", []) if n not in present]
+        return {"lab": self.name, "status": st.get("status"), "namespaces": present, "missing_namespaces": missing,
+                "processes": procs, "sites": sites, "warnings": st.get("warnings", []),
+                "reflector_state_dir": str(self.reflector_dir)}
+
+    # ---- inventory ---------------------------------------------------------------------------------
+    def inventory(self) -> dict[str, Any]:
+        topo = self.topology
+        hosts = {}
+        for s in topo.sites:
+            ups = []
+            for u in s.uplinks:
+                d: dict[str, Any] = {"name": u.name, "interface": u.interface, "address": str(u.address)}
+                if not u.device_only:
+                    d["gateway"] = str(u.gateway)
+                if u.address6 is not None:
+                    d["address6"] = str(u.address6)
+                    if u.gateway6 is not None:
+                        d["gateway6"] = str(u.gateway6)
+                d.update({"table": u.table, "weight": u.weight, "probe_targets": [str(h) for h in topo.probe_targets]})
+                if u.address6 is not None:
+                    d["probe_targets6"] = [str(h) for h in topo.probe_targets6]
+                ups.append(d)
+            hosts[s.name] = {
+                "ansible_connection": "multiwan.linux.nsenter",
+                "multiwan_nsenter_pidfile": str(self.pidfile(s.name)),
+                "ansible_python_interpreter": "/usr/bin/python3",
+                "ansible_pipelining": True,
+                "multiwan_lan_networks": [str(s.lan_network)] + ([str(s.lan_network6)] if s.lan_network6 else []),
+                "multiwan_uplinks": ups,
+                "mwlab_lab": self.name,
+                "mwlab_site": s.name,
+            }
+        return {"all": {"children": {"gateways": {"hosts": hosts}}}}
+
+    def inventory_yaml(self) -> str:
+        inv = self.inventory()
+        try:
+            import yaml  # type: ignore[import-untyped]
+        except ImportError:  # JSON is valid YAML
+            return json.dumps(inv, indent=2) + "\n"
+        return "# generated by mwlab for lab " + self.name + "\n" + yaml.safe_dump(inv, sort_keys=False, default_flow_style=None, width=200)
+
+
+__all__ = ["Lab", "LabError", "Topology", "TopologyError", "FAIL_MODES", "lab_name"]
