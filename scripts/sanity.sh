@@ -31,6 +31,8 @@ done
 controller=$("$venv/bin/python" -c 'import sys; print("%d.%d" % sys.version_info[:2])')
 cd "$tree"
 # A git repository makes ansible-test consider exactly the files of the built collection.
+# tests/output is where ansible-test puts its own venvs: never part of what is checked.
+printf '/tests/output/\n' > .gitignore
 git init -q . && git add -A >/dev/null && git -c user.name=ci -c user.email=ci@localhost commit -qm sanity
 export PATH="${PATH}${extra_path}"
 echo "sanity with $("$OLDPWD/$venv/bin/ansible" --version | head -1), controller $controller, targets ${pythons[*]}"

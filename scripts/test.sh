@@ -10,6 +10,7 @@ logs=.build/logs
 mkdir -p "$logs"
 export PATH="$PWD/.venv/bin:$PATH"
 export ANSIBLE_COLLECTIONS_PATH="$PWD/.build/collections"
+export PYTHONPATH="$PWD/lab"
 export PYTHONDONTWRITEBYTECODE=1
 passed=0; failed=0; failures=()
 

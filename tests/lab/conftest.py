@@ -57,7 +57,8 @@ def ansible_env(extra=None):
     env.update(
         {
             "ANSIBLE_COLLECTIONS_PATH": str(ensure_collection_link()),
-            "ANSIBLE_CALLBACKS_ENABLED": "ansible.builtin.tree",
+            "ANSIBLE_CALLBACKS_ENABLED": "result_file",
+            "ANSIBLE_CALLBACK_PLUGINS": str(Path(__file__).resolve().parent / "callback_plugins"),
             "ANSIBLE_LOAD_CALLBACK_PLUGINS": "1",
             "ANSIBLE_HOST_KEY_CHECKING": "0",
             "ANSIBLE_RETRY_FILES_ENABLED": "0",
@@ -113,9 +114,9 @@ class Gateway:
             argv.append("--check")
         if diff:
             argv.append("--diff")
-        with tempfile.TemporaryDirectory(prefix="mw-tree-") as tree:
+        with tempfile.TemporaryDirectory(prefix="mw-result-") as tree:
             proc = subprocess.run(argv, capture_output=True, text=True, check=False,
-                                  env=ansible_env({"ANSIBLE_CALLBACK_TREE_DIR": tree}))
+                                  env=ansible_env({"MULTIWAN_RESULT_DIR": tree}))
             try:
                 result = json.loads((Path(tree) / self.site).read_text())
             except (OSError, ValueError):
