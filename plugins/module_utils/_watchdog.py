@@ -315,7 +315,7 @@ def canonical_route(item, family, names, where):
 
 def load_config(data, names=None):
     """Validate the config dict (see the module docstring) into a :class:`Config`."""
-    names = names or _iproute.NameTables()
+    names = names or _iproute.Names()
     if not isinstance(data, dict):
         raise ConfigError("the config is not a JSON object")
     data = dict(DEFAULTS, **data)
