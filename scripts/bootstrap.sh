@@ -84,4 +84,5 @@ done
 # -- the collection, where Ansible looks for it ---------------------------------------------------
 mkdir -p .build/collections/ansible_collections/multiwan
 ln -sfn ../../../.. .build/collections/ansible_collections/multiwan/linux
-log "ready: $(.venv/bin/ansible --version | head -1)"
+version=$(.venv/bin/ansible --version)
+log "ready: ${version%%$'\n'*}"

@@ -35,7 +35,8 @@ cd "$tree"
 printf '/tests/output/\n' > .gitignore
 git init -q . && git add -A >/dev/null && git -c user.name=ci -c user.email=ci@localhost commit -qm sanity
 export PATH="${PATH}${extra_path}"
-echo "sanity with $("$OLDPWD/$venv/bin/ansible" --version | head -1), controller $controller, targets ${pythons[*]}"
+version=$("$OLDPWD/$venv/bin/ansible" --version)
+echo "sanity with ${version%%$'\n'*}, controller $controller, targets ${pythons[*]}"
 "$OLDPWD/$venv/bin/ansible-test" sanity --venv --color no --python "$controller" \
   "${@:2}"
 for v in "${pythons[@]}"; do
