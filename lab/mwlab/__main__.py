@@ -1,6 +1,6 @@
 """Command line: ``python3 -m mwlab [--lab NAME] VERB ...`` (run as root, PYTHONPATH=lab).
 
-Verbs: up TOPOLOGY | down | status [--json] | inventory [--output FILE] |
+Verbs: up TOPOLOGY [--systemd] | reboot SITE [--hard] | down | status [--json] | inventory [--output FILE] |
 fail SITE UPLINK --mode upstream|link|blackhole | restore SITE UPLINK |
 impair SITE UPLINK --loss PCT|--clear | exec SITE ROLE -- CMD... (exec inet -- CMD...).
 
@@ -30,13 +30,27 @@ def _cmd_up(args: argparse.Namespace) -> int:
     data = parse_text(Path(args.topology).read_text(), args.topology)
     name = args.lab or (data.get("lab") if isinstance(data, dict) else None)
     lab = Lab(lab_name(name))
-    topo = lab.up(Topology.from_dict(data, lab=lab.name))
+    topo = lab.up(Topology.from_dict(data, lab=lab.name), systemd=True if args.systemd else None)
     print(f"lab {lab.name} up: {len(topo.sites)} site(s), {len(topo.uplinks)} uplink(s), {len(topo.namespaces)} namespaces")
-    for s in topo.sites:
-        print(f"  {s.name}: gateway {s.gw_ns}, anchor pid file {lab.pidfile(s.name)}")
     st = lab.load_state() or {}
+    rootfs = st.get("rootfs")
+    if rootfs:
+        built = rootfs.get("build_seconds")
+        print(f"  rootfs {rootfs['path']}" + (f" (built in {built:.1f} s)" if built else " (cached)"))
+    for s in topo.sites:
+        if s.systemd:
+            print(f"  {s.name}: gateway {s.gw_ns}, systemd container {lab.machine(s.name)} booted in "
+                  f"{st.get('boot_seconds', {}).get(s.name, '?')} s, init pid file {lab.pidfile(s.name)}")
+        else:
+            print(f"  {s.name}: gateway {s.gw_ns}, anchor pid file {lab.pidfile(s.name)}")
     for w in st.get("warnings", []):
         print(f"  warning: {w}", file=sys.stderr)
+    return 0
+
+
+def _cmd_reboot(args: argparse.Namespace) -> int:
+    took = Lab(args.lab).reboot(args.site, hard=args.hard, wait=not args.no_wait)
+    print(f"{args.site}: " + ("reboot requested" if took is None else f"rebooted ({'hard' if args.hard else 'systemctl reboot'}) and running again in {took:.1f} s"))
     return 0
 
 
@@ -60,6 +74,11 @@ def _cmd_status(args: argparse.Namespace) -> int:
         return 0 if st["status"] == "down" else 1
     for name, p in st["processes"].items():
         print(f"  process {name:<12} pid {p['pid']:<8} {'alive' if p['alive'] else 'DEAD'}")
+    for s in st["sites"]:
+        c = s.get("container")
+        if c:
+            print(f"  container {c['machine']:<10} init pid {c['init_pid'] or '-':<8} boots {c['boots']}, "
+                  f"first boot {c['boot_seconds']} s")
     if st.get("missing_namespaces"):
         print("  MISSING namespaces: " + " ".join(st["missing_namespaces"]))
     fmt = "  {:<6} {:<8} {:<10} {:<18} {:<19} {:<9} {:<10} {:<8} {:>9} {:>10} {:>8}"
@@ -140,7 +159,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("up", help="build the lab from a topology file (replaces a running lab of that name)")
     p.add_argument("topology")
+    p.add_argument("--systemd", action="store_true",
+                   help="every gateway boots Debian under systemd-nspawn (else the topology's systemd: keys)")
     p.set_defaults(func=_cmd_up)
+
+    p = sub.add_parser("reboot", help="reboot a systemd-mode gateway (systemctl reboot inside; --hard: kill and boot)")
+    p.add_argument("site")
+    p.add_argument("--hard", action="store_true", help="SIGKILL the container's init (power cut), then boot it again")
+    p.add_argument("--no-wait", action="store_true", help="do not wait until it runs again")
+    p.set_defaults(func=_cmd_reboot)
 
     p = sub.add_parser("down", help="tear the lab down (idempotent, works without state)")
     p.set_defaults(func=_cmd_down)

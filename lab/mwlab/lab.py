@@ -61,6 +61,7 @@ from .netns import (
     umount_lazy,
 )
 from .topology import LAB_RE, DEFAULT_LAB, Topology, TopologyError, Uplink
+from . import container as _container
 
 log = logging.getLogger("mwlab")
 
@@ -68,6 +69,10 @@ RUN_ROOT = Path("/run/mwlab")
 VAR_ROOT = Path("/var/lib/mwlab")
 REFLECTOR_PORT = 7777
 FAIL_MODES = ("upstream", "link", "blackhole")
+# Namespaces of a systemd-mode gateway's init that Ansible and `mwlab exec` enter (systemctl
+# needs the container's mount namespace for /run/systemd; pid so ps/kill see the container).
+SYSTEMD_NAMESPACES = ("net", "mount", "pid", "uts", "ipc")
+BOOT_TIMEOUT = 120
 OVERLAY_DIRS = ("etc", "root", "var")  # order matters: /var last (the upper dirs live in it)
 LAB_DIR = Path(__file__).resolve().parent.parent  # the directory that holds the mwlab package
 
@@ -165,12 +170,28 @@ class Lab:
             raise LabError(f"lab {self.name}: no site {site!r}")
         if not self._verify(rec):
             raise LabError(f"lab {self.name}: anchor of site {site} (pid {rec['pid']}) is gone")
+        if rec.get("kind") == "container":
+            pid = self._container_init(site)
+            if pid is None:
+                raise LabError(f"lab {self.name}: the container of site {site} is not running (rebooting?)")
+            return pid
         return rec["pid"]
+
+    def is_systemd(self, site: str) -> bool:
+        return self.topology.site(site).systemd
+
+    def _container_init(self, site: str) -> int | None:
+        try:
+            pid = int(self.pidfile(site).read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            return None
+        return pid if proc_alive(pid) else None
 
     def argv(self, site: str, role: str, cmd: Sequence[str]) -> list[str]:
         """Command line that runs ``cmd`` in that namespace (gateway: in the anchor's view)."""
         if role == "gw" and site != "inet":
-            return ["nsenter", "--target", str(self.gateway_pid(site)), "--net", "--mount", "--", *cmd]
+            nss = SYSTEMD_NAMESPACES if self.is_systemd(site) else ("net", "mount")
+            return ["nsenter", "--target", str(self.gateway_pid(site)), *(f"--{n}" for n in nss), "--", *cmd]
         return self.ns.argv(self.namespace(site, role), cmd)
 
     def run(self, site: str, role: str, cmd: Sequence[str], check: bool = False, timeout: float = 30, **kw: Any) -> subprocess.CompletedProcess:
@@ -245,6 +266,131 @@ class Lab:
         self.pidfile(site).write_text(f"{p.pid}\n")
         return rec
 
+    # ---- systemd mode ------------------------------------------------------------------------------
+    def machine(self, site: str) -> str:
+        return f"{self.name}-{site}"
+
+    def _container_files(self, site: str) -> dict[str, Path]:
+        return {"info": self.run_dir / f"{site}.container.json", "reboot": self.run_dir / f"{site}.reboot"}
+
+    def _start_container(self, site: str, rootfs_path: Path) -> dict[str, Any]:
+        """Start the supervisor that boots this site's gateway under systemd-nspawn (container.py)."""
+        files = self._container_files(site)
+        pidfile = self.pidfile(site)
+        pidfile.write_text("")
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join([str(LAB_DIR)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
+        argv = [sys.executable, "-m", "mwlab.container", "--machine", self.machine(site),
+                "--rootfs", str(rootfs_path), "--base", str(self.var_dir / site / "rootfs"),
+                "--netns", self.ns.path(f"{self.name}-{site}-gw"), "--pidfile", str(pidfile),
+                "--info", str(files["info"]), "--reboot-flag", str(files["reboot"])]
+        started = time.monotonic()
+        p = self._spawn(argv, f"{site}.gw.log", env=env)
+        deadline = time.monotonic() + 10
+        while str(pidfile) not in proc_cmdline(p.pid):  # until exec'd: _verify checks the cmdline
+            if p.poll() is not None or time.monotonic() > deadline:
+                raise LabError(f"container supervisor of site {site} did not start: {self._log_tail(f'{site}.gw.log')}")
+            time.sleep(0.005)
+        return {"pid": p.pid, "start": proc_start_time(p.pid), "marker": str(pidfile), "kind": "container",
+                "started": started, "machine": self.machine(site)}
+
+    def _wait_booted(self, site: str, since: float, old_init: int | None = None,
+                     timeout: float = BOOT_TIMEOUT) -> tuple[float, str]:
+        """Wait for a (new) container init, then for `systemctl is-system-running --wait`.
+        Returns (seconds since ``since`` (monotonic), system state)."""
+        deadline = time.monotonic() + timeout
+        init = None
+        while time.monotonic() < deadline:
+            init = self._container_init(site)
+            if init is not None and init != old_init:
+                break
+            rec = (self.load_state() or {}).get("pids", {}).get(f"{site}.gw")
+            if rec is not None and not self._verify(rec):
+                raise LabError(f"site {site}: the container supervisor exited: {self._log_tail(f'{site}.gw.log')}")
+            time.sleep(0.05)
+        else:
+            raise LabError(f"site {site}: no container init within {timeout:.0f} s: {self._log_tail(f'{site}.gw.log')}")
+        argv = ["nsenter", "--target", str(init), *(f"--{n}" for n in SYSTEMD_NAMESPACES), "--",
+                "systemctl", "is-system-running", "--wait"]
+        state = "unknown"
+        while time.monotonic() < deadline:
+            try:
+                p = subprocess.run(argv, capture_output=True, text=True, timeout=max(1.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                break
+            state = p.stdout.strip().splitlines()[-1] if p.stdout.strip() else (p.stderr.strip() or "unknown")
+            if state in ("running", "degraded", "maintenance", "stopping"):
+                break
+            time.sleep(0.1)  # systemd not answering on its bus yet
+        took = time.monotonic() - since
+        if state not in ("running", "degraded"):
+            raise LabError(f"site {site}: container did not finish booting within {timeout:.0f} s (state {state})")
+        if state == "degraded":
+            failed = subprocess.run(argv[:-2] + ["--failed", "--no-legend", "--plain"], capture_output=True, text=True)
+            log.warning("site %s: container booted degraded: %s", site, failed.stdout.strip())
+        return took, state
+
+    def reboot(self, site: str, hard: bool = False, wait: bool = True) -> float | None:
+        """Reboot a systemd-mode gateway: ``systemctl reboot`` inside (nspawn exits 133 and the
+        supervisor boots it again), or ``hard``: SIGKILL its init (a power cut) and boot it again.
+        The overlay (the gateway's "disk") is kept. Returns the seconds until it runs again."""
+        with self._locked():
+            st = self._state()
+            rec = st["pids"].get(f"{site}.gw")
+            if rec is None:
+                raise LabError(f"lab {self.name}: no site {site!r}")
+            if rec.get("kind") != "container":
+                raise LabError(f"site {site} is not in systemd mode (no container to reboot)")
+            if not self._verify(rec):
+                raise LabError(f"site {site}: the container supervisor is gone")
+            old = self._container_init(site)
+            t0 = time.monotonic()
+            if hard or old is None:
+                self._container_files(site)["reboot"].write_text("")
+                if old is not None:
+                    os.kill(old, 9)
+            else:
+                p = subprocess.run(self.argv(site, "gw", ["systemctl", "reboot"]), capture_output=True, text=True, timeout=30)
+                if p.returncode != 0:
+                    raise LabError(f"site {site}: systemctl reboot failed: {(p.stderr or p.stdout).strip()}")
+            if not wait:
+                return None
+            took, state = self._wait_booted(site, t0, old_init=old)
+            st = self._state()
+            st.setdefault("reboots", {}).setdefault(site, []).append({"hard": hard, "seconds": round(took, 2), "state": state})
+            self._save(st)
+            return took
+
+    def container_info(self, site: str) -> dict[str, Any] | None:
+        try:
+            return json.loads(self._container_files(site)["info"].read_text())
+        except (OSError, ValueError):
+            return None
+
+    def _kill_stray_nspawns(self) -> None:
+        """systemd-nspawn (and its supervisor) of this lab's machines that outlived their
+        supervisor record (a crash): they live in the host's netns, so the netns sweep misses them."""
+        run_dir = str(self.run_dir) + "/"
+        strays = []
+        for d in os.listdir("/proc"):
+            if not d.isdigit():
+                continue
+            cmd = proc_cmdline(int(d))
+            if not cmd:
+                continue
+            if any(a.startswith(f"--machine={self.name}-") for a in cmd) and os.path.basename(cmd[0]) == "systemd-nspawn":
+                strays.append(int(d))
+            elif "mwlab.container" in cmd and any(a.startswith(run_dir) for a in cmd):
+                strays.append(int(d))
+        if strays:
+            # The containers' inits first (SIGKILL: the kernel ends each pid namespace at once).
+            for n in strays:
+                init = _container.find_init(n)
+                if init:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(init, 9)
+            kill_pids(strays)
+
     def _start_reflector(self) -> dict[str, Any] | None:
         """Start the reflector and wait until it is ready (or give up with a warning)."""
         return self._wait_reflector(self._spawn_reflector())
@@ -276,13 +422,28 @@ class Lab:
         return {"pid": p.pid, "start": proc_start_time(p.pid), "marker": str(self.reflector_dir), "kind": "reflector"}
 
     # ---- up ----------------------------------------------------------------------------------------
-    def up(self, topology: Topology | str | Path) -> Topology:
-        """Build the lab (tearing down an existing lab of the same name first)."""
+    def up(self, topology: Topology | str | Path, systemd: bool | None = None) -> Topology:
+        """Build the lab (tearing down an existing lab of the same name first).
+
+        ``systemd=True`` makes every gateway a systemd-nspawn container (as ``systemd: true`` in
+        the topology, per lab or per site, does for some); ``False`` makes none; ``None`` keeps
+        the topology's choice."""
         if not isinstance(topology, Topology):
             topology = Topology.load(topology, lab=self.name)
         elif topology.lab != self.name:
             topology = Topology.from_dict(topology.to_dict(), lab=self.name)
+        if systemd is not None:
+            data = topology.to_dict()
+            for s in data["sites"]:
+                s["systemd"] = bool(systemd)
+            topology = Topology.from_dict(data, lab=self.name)
         topo = topology
+        rootfs_path: Path | None = None
+        rootfs_build: float | None = None
+        if any(s.systemd for s in topo.sites):
+            from . import rootfs  # only systemd mode needs debootstrap/nspawn
+            rootfs.ensure_host_tools()
+            rootfs_path, rootfs_build = rootfs.ensure_rootfs()
         with self._locked():
             if self.load_state() is not None or self.ns.list() or self.run_dir.exists() or self.var_dir.exists():
                 log.info("lab %s exists: tearing it down first", self.name)
@@ -295,6 +456,9 @@ class Lab:
                 "dirs": [str(self.run_dir), str(self.var_dir)], "failures": {}, "impairments": {},
                 "warnings": [],
             }
+            if rootfs_path is not None:
+                st["rootfs"] = {"path": str(rootfs_path), "build_seconds": rootfs_build}
+                st["boot_seconds"] = {}
             self._save(st)
             try:
                 self._build(topo)
@@ -303,8 +467,18 @@ class Lab:
                     st["pids"]["reflector"] = {"pid": spawned.pid, "start": proc_start_time(spawned.pid),
                                                "marker": str(self.reflector_dir), "kind": "reflector"}
                 for s in topo.sites:
-                    st["pids"][f"{s.name}.gw"] = self._start_anchor(s.name)
+                    if s.systemd:
+                        st["pids"][f"{s.name}.gw"] = self._start_container(s.name, rootfs_path)  # type: ignore[arg-type]
+                    else:
+                        st["pids"][f"{s.name}.gw"] = self._start_anchor(s.name)
                     self._save(st)
+                for s in topo.sites:  # the containers boot in parallel; wait for each
+                    if s.systemd:
+                        secs, state = self._wait_booted(s.name, st["pids"][f"{s.name}.gw"]["started"])
+                        st["boot_seconds"][s.name] = round(secs, 2)
+                        if state != "running":
+                            st["warnings"].append(f"site {s.name}: system state {state}")
+                        self._save(st)
                 refl = self._wait_reflector(spawned)
                 if refl:
                     st["pids"]["reflector"] = refl
@@ -478,6 +652,8 @@ table inet {t} {{
                 if not strays:
                     break
                 kill_pids(strays)
+            self._kill_stray_nspawns()
+            _container.remove_cgroups(self.name + "-")
             for n in names:
                 self.ns.delete(n)
             for base in (self.var_dir, self.run_dir):
@@ -609,13 +785,21 @@ table inet {t} {{
                     "failure": st["failures"].get(key), "impairment": st["impairments"].get(key),
                     "counters": counters,
                 })
-            sites.append({"name": s.name, "gateway_ns": s.gw_ns, "pidfile": str(self.pidfile(s.name)),
-                          "anchor_alive": procs.get(f"{s.name}.gw", {}).get("alive", False),
-                          "lan": str(s.lan_network), "clients": s.clients, "uplinks": ups})
+            site = {"name": s.name, "gateway_ns": s.gw_ns, "pidfile": str(self.pidfile(s.name)),
+                    "anchor_alive": procs.get(f"{s.name}.gw", {}).get("alive", False),
+                    "lan": str(s.lan_network), "clients": s.clients, "uplinks": ups, "systemd": s.systemd}
+            if s.systemd:
+                site["container"] = {"machine": self.machine(s.name), "init_pid": self._container_init(s.name),
+                                     "boot_seconds": (st.get("boot_seconds") or {}).get(s.name),
+                                     "boots": len((self.container_info(s.name) or {}).get("boots", []))}
+            sites.append(site)
         missing = [n for n in st.get("namespaces", []) if n not in present]
-        return {"lab": self.name, "status": st.get("status"), "namespaces": present, "missing_namespaces": missing,
-                "processes": procs, "sites": sites, "warnings": st.get("warnings", []),
-                "reflector_state_dir": str(self.reflector_dir)}
+        out = {"lab": self.name, "status": st.get("status"), "namespaces": present, "missing_namespaces": missing,
+               "processes": procs, "sites": sites, "warnings": st.get("warnings", []),
+               "reflector_state_dir": str(self.reflector_dir)}
+        if st.get("rootfs"):
+            out["rootfs"] = st["rootfs"]
+        return out
 
     # ---- inventory ---------------------------------------------------------------------------------
     def inventory(self) -> dict[str, Any]:
@@ -645,6 +829,11 @@ table inet {t} {{
                 "mwlab_lab": self.name,
                 "mwlab_site": s.name,
             }
+            if s.systemd:
+                # The pidfile holds the container's init (rewritten by the supervisor on every
+                # boot); /usr/bin/python3 is the container's own (mount namespace).
+                hosts[s.name]["multiwan_nsenter_namespaces"] = list(SYSTEMD_NAMESPACES)
+                hosts[s.name]["mwlab_systemd"] = True
         return {"all": {"children": {"gateways": {"hosts": hosts}}}}
 
     def inventory_yaml(self) -> str:

@@ -171,6 +171,7 @@ class Site:
     uplinks: list[Uplink]
     lab: str
     lan_network6: IPv6Network | None = None
+    systemd: bool = False  # gateway boots Debian under systemd-nspawn (container.py)
 
     @property
     def gw_ns(self) -> str:
@@ -221,6 +222,7 @@ class Site:
             "lan": {"interface": self.lan_interface, "network": str(self.lan_network), "clients": self.clients,
                     **({"network6": str(self.lan_network6)} if self.lan_network6 else {})},
             "uplinks": [u.to_dict() for u in self.uplinks],
+            **({"systemd": True} if self.systemd else {}),
         }
 
 
@@ -373,13 +375,20 @@ def _ifname(where: str, value: Any) -> str:
     return value
 
 
+def _bool(where: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise TopologyError(f"{where}: {value!r} is not a boolean (true/false)")
+    return value
+
+
 def default_peer(address: IPv4Address) -> IPv4Address:
     last = int(address) & 0xFF
     return address + 1 if last in (0, 1) else address - 1
 
 
 def _build(data: Any, lab_override: str | None) -> Topology:
-    top = _keys("topology", data, {"lab", "internet", "sites"}, {"sites"})
+    top = _keys("topology", data, {"lab", "internet", "sites", "systemd"}, {"sites"})
+    lab_systemd = _bool("systemd", top.get("systemd", False))
     lab = lab_override or top.get("lab") or DEFAULT_LAB
     if not isinstance(lab, str) or not LAB_RE.match(lab):
         raise TopologyError(f"lab: {lab!r} must be 1-5 characters of [a-z0-9]")
@@ -430,7 +439,7 @@ def _build(data: Any, lab_override: str | None) -> Topology:
 
     number = 0
     for si, rs in enumerate(raw_sites):
-        rs = _keys(f"sites[{si}]", rs, {"name", "lan", "uplinks"}, {"name", "lan", "uplinks"})
+        rs = _keys(f"sites[{si}]", rs, {"name", "lan", "uplinks", "systemd"}, {"name", "lan", "uplinks"})
         sname = rs["name"]
         if not isinstance(sname, str) or not SITE_RE.match(sname) or sname in RESERVED_SITE_NAMES:
             raise TopologyError(f"sites[{si}].name: {sname!r} must be 1-6 characters of [a-z0-9] and not 'inet'")
@@ -469,7 +478,8 @@ def _build(data: Any, lab_override: str | None) -> Topology:
         if not isinstance(raw_ups, list) or not 1 <= len(raw_ups) <= MAX_UPLINKS:
             n = len(raw_ups) if isinstance(raw_ups, list) else raw_ups
             raise TopologyError(f"{w}: uplinks: need 1..{MAX_UPLINKS} uplinks, got {n}")
-        site = Site(sname, lan_if, lan_net, clients, [], lab, lan_net6)
+        site = Site(sname, lan_if, lan_net, clients, [], lab, lan_net6,
+                    _bool(f"{w}: systemd", rs.get("systemd", lab_systemd)))
         ifnames = {lan_if: "lan.interface"}
         for ui, ru in enumerate(raw_ups, start=1):
             where0 = f"{w}: uplinks[{ui - 1}]"

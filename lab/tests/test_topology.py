@@ -206,3 +206,16 @@ def test_ipv6_validation_errors(case, fn, needle):
     with pytest.raises(TopologyError) as e:
         Topology.from_dict(mutate(fn))
     assert needle in str(e.value), str(e.value)
+
+
+def test_systemd_key_per_lab_and_per_site():
+    assert [s.systemd for s in Topology.from_dict(BASE, lab="mwa").sites] == [False, False]
+    d = mutate(lambda d: d.update(systemd=True))
+    assert [s.systemd for s in Topology.from_dict(d, lab="mwa").sites] == [True, True]
+    d = mutate(lambda d: (d.update(systemd=True), d["sites"][1].update(systemd=False)))
+    t = Topology.from_dict(d, lab="mwa")
+    assert [s.systemd for s in t.sites] == [True, False]
+    # survives the state file round trip (per site)
+    assert [s.systemd for s in Topology.from_dict(t.to_dict()).sites] == [True, False]
+    with pytest.raises(TopologyError, match="systemd"):
+        Topology.from_dict(mutate(lambda d: d["sites"][0].update(systemd="yes")), lab="mwa")

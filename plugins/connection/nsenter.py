@@ -54,6 +54,9 @@ extends_documentation_fragment:
   - connection_pipelining
 notes:
   - O(namespaces) entries must be among C(net), C(mount), C(uts), C(ipc), C(pid), C(cgroup).
+  - For a lab gateway in systemd mode (Debian booted under systemd-nspawn) the lab's inventory sets
+    the pidfile to the container's init and O(namespaces) to C([net, mount, pid, uts, ipc]), so
+    C(systemctl) and the container's own C(/usr/bin/python3) are used.
 """
 
 import os
