@@ -31,7 +31,7 @@ pytest_run() { python -m pytest -q -p no:cacheprovider "$@"; }
 
 stage unit            pytest_run tests/unit
 stage lab             pytest_run lab/tests
-stage lab-integration pytest_run tests/lab
+stage lab-integration pytest_run -n 2 tests/lab
 stage sanity-2.21     scripts/sanity.sh .venv
 if [[ -x .venv-2.19/bin/ansible-test ]]; then
   stage sanity-2.19   scripts/sanity.sh .venv-2.19

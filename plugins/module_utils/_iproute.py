@@ -7,6 +7,10 @@ Private module_utils (leading underscore): not a public API.  Standard library o
 Ansible imports: the failover watchdog installs this same file on the gateway and imports it as
 a plain module.  Python 3.9+.
 
+Names: table and protocol names are resolved by ``_rt_tables.Names`` (exported here as
+:data:`Names`), which reads the iproute2 files with ``ip``'s own precedence; the watchdog
+installs ``_rt_tables.py`` beside this file.
+
 Reading: ``ip -j -d -N ...`` (``-N`` makes tables, protocols, scopes and rule actions numeric,
 so names configured in /etc/iproute2 never confuse the comparison).  Everything read is turned
 into small canonical dicts (see ``parse_rule``, ``parse_route``, ``parse_nexthop``).
@@ -24,16 +28,22 @@ call :meth:`IpRoute.apply`.
 
 from __future__ import annotations
 
-import glob
 import ipaddress
 import json
-import os
 import re
 import subprocess
 import zlib
 
+try:
+    from ansible_collections.multiwan.linux.plugins.module_utils import _rt_tables
+except ImportError:  # on the gateway (watchdog): installed beside this file
+    import _rt_tables  # pylint: disable=import-error
+
+# Table and protocol names, resolved exactly like ``ip`` does (one implementation: _rt_tables).
+Names = _rt_tables.Names
+
 __all__ = [
-    "DEFAULT_PROTOCOL", "FAMILIES", "IpRoute", "IpRouteError", "Line", "NameTables",
+    "DEFAULT_PROTOCOL", "FAMILIES", "IpRoute", "IpRouteError", "Line", "Names",
     "RoutePlan", "RulePlan", "default_group_id", "default_nexthop_id", "group_line",
     "is_kernel_rule", "nexthop_line", "normalize_prefix", "parse_nexthop", "parse_route",
     "parse_rule", "plan_routes", "plan_rules", "route_line", "rule_line", "set_group_members",
@@ -44,9 +54,6 @@ DEFAULT_PROTOCOL = 109  # "multiwan" (0x6d), see docs/design.md
 FAMILIES = ("inet", "inet6")
 FAMILY_FLAG = {"inet": "-4", "inet6": "-6"}
 
-# Names ``ip`` knows without any file (iproute2 lib/rt_names.c).
-BUILTIN_TABLES = {"unspec": 0, "default": 253, "main": 254, "local": 255}
-BUILTIN_PROTOCOLS = {"unspec": 0, "redirect": 1, "kernel": 2, "boot": 3, "static": 4}
 SCOPES = {"global": 0, "universe": 0, "site": 200, "link": 253, "host": 254, "nowhere": 255}
 ROUTE_TYPES = {1: "unicast", 2: "local", 3: "broadcast", 4: "anycast", 5: "multicast",
                6: "blackhole", 7: "unreachable", 8: "prohibit", 9: "throw", 10: "nat"}
@@ -84,72 +91,6 @@ def subprocess_runner(argv, data=None):
     # modules pass their own runner.
     proc = subprocess.run(argv, input=data, capture_output=True, text=True, check=False)  # pylint: disable=ansible-bad-function
     return proc.returncode, proc.stdout, proc.stderr
-
-
-# -- names: rt_tables / rt_protos the way ``ip`` reads them ----------------------------------
-
-class NameTables(object):
-    """Names of routing tables and protocols, read like iproute2 reads them.
-
-    iproute2 reads ``/etc/iproute2/<name>`` then ``/etc/iproute2/<name>.d/*.conf``; releases
-    from 6.5 on fall back to ``/usr/share/iproute2`` when the file under /etc is missing.  Later
-    files win for a repeated name, as in ``ip``.
-    """
-
-    def __init__(self, root="/"):
-        self.root = root
-        self._cache = {}
-
-    def _read(self, kind):
-        if kind in self._cache:
-            return self._cache[kind]
-        names = dict(BUILTIN_TABLES if kind == "rt_tables" else BUILTIN_PROTOCOLS)
-        for base in ("etc/iproute2", "usr/share/iproute2"):
-            directory = os.path.join(self.root, base)
-            main = os.path.join(directory, kind)
-            files = [main] if os.path.exists(main) else []
-            files += sorted(glob.glob(os.path.join(directory, kind + ".d", "*.conf")))
-            for path in files:
-                names.update(parse_names_file(path))
-            if os.path.exists(main):
-                break  # /usr/share is only the fallback for a missing /etc file
-        self._cache[kind] = names
-        return names
-
-    def _resolve(self, kind, what, value, limit):
-        text = str(value).strip()
-        if re.match(r"^(0x[0-9a-fA-F]+|[0-9]+)$", text):
-            number = int(text, 0)
-        else:
-            number = self._read(kind).get(text)
-            if number is None:
-                raise ValueError("unknown %s name %r (not in the iproute2 %s files)" % (what, text, kind))
-        if not 0 <= number <= limit:
-            raise ValueError("%s %r is out of range 0..%d" % (what, value, limit))
-        return number
-
-    def table(self, value):
-        return self._resolve("rt_tables", "table", value, 0xFFFFFFFF)
-
-    def protocol(self, value):
-        return self._resolve("rt_protos", "protocol", value, 255)
-
-
-def parse_names_file(path):
-    """``{name: number}`` from one iproute2 names file (``number name`` lines, # comments)."""
-    names = {}
-    try:
-        with open(path) as handle:
-            for line in handle:
-                fields = line.split("#", 1)[0].split()
-                if len(fields) >= 2:
-                    try:
-                        names[fields[1]] = int(fields[0], 0)
-                    except ValueError:
-                        continue
-    except (IOError, OSError):
-        pass
-    return names
 
 
 # -- canonical forms ------------------------------------------------------------------------
@@ -884,7 +825,10 @@ class IpRoute(object):
         rc, out, err = self.runner(self.ip + ["-j", "link", "show"])
         if rc != 0:
             raise IpRouteError("reading links failed: %s" % (err or out).strip())
-        return parse_links(json.loads(out or "[]"))
+        try:
+            return parse_links(json.loads(out or "[]"))
+        except (ValueError, KeyError, TypeError) as exc:
+            raise IpRouteError("reading links: ip printed something unexpected (%s)" % exc)
 
     def apply(self, lines):
         """Run ``lines`` in order, one ``ip -batch -`` per run of lines with the same family flag.

@@ -1,10 +1,12 @@
 # -*- coding: utf-8 -*-
 # Copyright: multiwan.linux contributors
 # GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
-"""Routing table names (``rt_tables``) exactly the way ``ip`` reads them.
+"""Routing table and protocol names (``rt_tables``, ``rt_protos``) exactly the way ``ip`` reads them.
 
 Private module_utils (leading underscore): not a public API.  Standard library only and no
-Ansible imports, so the watchdog and the ip_route/ip_rule helpers can import it as a plain module.
+Ansible imports: ``_iproute`` (and through it the watchdog, which the role installs with this
+file beside it) imports it as a plain module.  :class:`Names` is the one resolver of table and
+protocol names of the collection.
 
 What ``ip`` reads (iproute2 >= 6.5, lib/rt_names.c ``rtnl_rttable_initialize``):
 
@@ -17,6 +19,8 @@ What ``ip`` reads (iproute2 >= 6.5, lib/rt_names.c ``rtnl_rttable_initialize``):
 
 Older iproute2 (< 6.5, e.g. 6.1 in Debian 12) only reads steps 1 (without the fallback) and 3.
 Reading the vendor files as well is harmless: they do not exist where such an ``ip`` runs.
+Protocol names are read from ``rt_protos`` and ``rt_protos.d`` with the same precedence
+(``rtnl_rtprot_initialize``).
 
 Within a file ``ip`` skips blank lines and lines starting with ``#``, accepts ``0xHEX NAME`` or
 ``DECIMAL NAME`` (anything after the name is ignored) and *stops reading the file* at the first
@@ -24,6 +28,11 @@ line it cannot parse ("Database ... is corrupted").  Ids that do not fit a signe
 skipped.  Names resolve by walking hash buckets ``id & 255`` from 0 to 255, newest entry first
 in each bucket; ids resolve to the newest entry with that id.  :func:`resolve_table` follows
 the same rules, so a name means here what it means to ``ip``.
+
+Protocols live in a 256-slot array instead (ids 0..255; a later file overwrites an id, the
+built-in names of ``ip`` are the starting point); a name resolves to the lowest id carrying it.
+Both kinds fall back to ``strtoul(text, 0)`` (hex ``0x..``, octal ``0..``, decimal) when no
+file names the word.
 """
 
 from __future__ import annotations
@@ -36,15 +45,17 @@ import tempfile
 from collections import namedtuple
 
 __all__ = [
-    "ETC_DIR", "VENDOR_DIRS", "RESERVED_IDS", "RESERVED_NAMES", "MAX_TABLE_ID",
-    "TableEntry", "TablesFile", "UnknownTableError", "files_ip_reads", "load_files",
-    "read_tables", "resolve_table", "validate_table", "plan_entry", "write_atomic",
+    "ETC_DIR", "VENDOR_DIRS", "RESERVED_IDS", "RESERVED_NAMES", "MAX_TABLE_ID", "BUILTIN_PROTOCOLS",
+    "Names", "TableEntry", "TablesFile", "UnknownNameError", "UnknownTableError", "files_ip_reads",
+    "load_files", "read_tables", "resolve_protocol", "resolve_table", "validate_table", "plan_entry",
+    "write_atomic",
 ]
 
 ETC_DIR = "/etc/iproute2"
 VENDOR_DIRS = ("/usr/share/iproute2", "/usr/lib/iproute2")
 MAIN_FILE = "rt_tables"
 DROPIN_DIR = "rt_tables.d"
+PROTOS_FILE = "rt_protos"
 
 # Built into ip (default/main/local) or shipped in every rt_tables (unspec): never ours.
 RESERVED_IDS = {0: "unspec", 253: "default", 254: "main", 255: "local"}
@@ -53,6 +64,13 @@ RESERVED_NAMES = dict((name, table_id) for table_id, name in RESERVED_IDS.items(
 MAX_TABLE_ID = 2 ** 31 - 1
 # The kernel's table ids are u32; ``ip ... table 4000000000`` works even without a name.
 MAX_KERNEL_TABLE_ID = 2 ** 32 - 1
+# Route/rule protocols are a u8; ip keeps their names in an array of 256.
+MAX_PROTOCOL_ID = 255
+# Names ``ip`` knows without any file (iproute2 lib/rt_names.c rtnl_rtprot_tab).
+BUILTIN_PROTOCOLS = {0: "unspec", 1: "redirect", 2: "kernel", 3: "boot", 4: "static", 8: "gated",
+                     9: "ra", 10: "mrt", 11: "zebra", 12: "bird", 13: "dnrouted", 14: "xorp",
+                     15: "ntk", 16: "dhcp", 18: "keepalived", 42: "babel", 99: "openr", 186: "bgp",
+                     187: "isis", 188: "ospf", 189: "rip", 192: "eigrp"}
 
 # Written at the top of a drop-in file this collection creates; a drop-in holding nothing but
 # this header and blank lines is ours to delete when its last entry goes.
@@ -79,7 +97,11 @@ class TableEntry(namedtuple("TableEntry", "table_id name path line")):
         return {"id": self.table_id, "name": self.name, "path": self.path, "line": self.line}
 
 
-class UnknownTableError(ValueError):
+class UnknownNameError(ValueError):
+    """A table or protocol name that no file read by ``ip`` defines (and that is no number)."""
+
+
+class UnknownTableError(UnknownNameError):
     """A table name that no file read by ``ip`` defines (and that is no number)."""
 
 
@@ -113,7 +135,7 @@ def parse_line(line):
 class TablesFile(object):
     """The lines of one rt_tables file and the entries ``ip`` takes from it."""
 
-    def __init__(self, path, text):
+    def __init__(self, path, text, max_id=MAX_TABLE_ID):
         self.path = path
         self.text = text               # None: the file does not exist
         self.entries = []              # TableEntry, in file order
@@ -130,9 +152,9 @@ class TablesFile(object):
             if parsed is None:
                 continue
             table_id, name = parsed
-            if table_id < 0 or table_id > MAX_TABLE_ID:
+            if table_id < 0 or table_id > max_id:
                 self.problems.append("%s line %d: ip ignores id %d (outside 0..%d)"
-                                     % (path, number, table_id, MAX_TABLE_ID))
+                                     % (path, number, table_id, max_id))
                 continue
             self.entries.append(TableEntry(table_id, name, path, number))
 
@@ -141,13 +163,13 @@ class TablesFile(object):
         return self.text is not None
 
     @classmethod
-    def read(cls, path):
+    def read(cls, path, max_id=MAX_TABLE_ID):
         try:
             with open(path, "r", encoding="utf-8", errors="surrogateescape") as handle:
-                return cls(path, handle.read())
+                return cls(path, handle.read(), max_id)
         except (IOError, OSError) as exc:
             if exc.errno in (errno.ENOENT, errno.ENOTDIR):
-                return cls(path, None)
+                return cls(path, None, max_id)
             raise
 
 
@@ -162,29 +184,31 @@ def _dropins(directory):
                   and os.path.isfile(os.path.join(directory, n)))
 
 
-def files_ip_reads(etc_dir=ETC_DIR, vendor_dirs=VENDOR_DIRS):
-    """Existing rt_tables files in the order ``ip`` loads them (see the module docstring)."""
+def files_ip_reads(etc_dir=ETC_DIR, vendor_dirs=VENDOR_DIRS, kind=MAIN_FILE):
+    """Existing ``kind`` files (``rt_tables`` or ``rt_protos``) in the order ``ip`` loads them
+    (see the module docstring)."""
     files = []
-    main = os.path.join(etc_dir, MAIN_FILE)
+    main = os.path.join(etc_dir, kind)
     if os.path.exists(main):
         files.append(main)
     else:
-        files.extend(p for p in (os.path.join(d, MAIN_FILE) for d in vendor_dirs)
+        files.extend(p for p in (os.path.join(d, kind) for d in vendor_dirs)
                      if os.path.isfile(p))
-    etc_dropins = os.path.join(etc_dir, DROPIN_DIR)
+    etc_dropins = os.path.join(etc_dir, kind + ".d")
     for vendor in vendor_dirs:
-        directory = os.path.join(vendor, DROPIN_DIR)
+        directory = os.path.join(vendor, kind + ".d")
         files.extend(os.path.join(directory, n) for n in _dropins(directory)
                      if not os.path.lexists(os.path.join(etc_dropins, n)))
     files.extend(os.path.join(etc_dropins, n) for n in _dropins(etc_dropins))
     return files
 
 
-def load_files(paths=None, etc_dir=ETC_DIR, vendor_dirs=VENDOR_DIRS):
-    """:class:`TablesFile` objects for ``paths`` (default: every file ``ip`` reads), in order."""
+def load_files(paths=None, etc_dir=ETC_DIR, vendor_dirs=VENDOR_DIRS, kind=MAIN_FILE):
+    """:class:`TablesFile` objects for ``paths`` (default: every ``kind`` file ``ip`` reads), in order."""
     if paths is None:
-        paths = files_ip_reads(etc_dir, vendor_dirs)
-    return [TablesFile.read(p) for p in paths]
+        paths = files_ip_reads(etc_dir, vendor_dirs, kind)
+    max_id = MAX_PROTOCOL_ID if kind == PROTOS_FILE else MAX_TABLE_ID
+    return [TablesFile.read(p, max_id) for p in paths]
 
 
 def _buckets(files):
@@ -224,11 +248,11 @@ def _parse_number(text):
     return None
 
 
-def resolve_table(name_or_id, paths=None, etc_dir=ETC_DIR, vendor_dirs=VENDOR_DIRS):
-    """Table id for a name or number, resolved like ``ip ... table X`` (names first).
+def _files_read(files):
+    return ", ".join(f.path for f in files) or "no %s file found" % MAIN_FILE
 
-    Raises :class:`UnknownTableError` naming the files that were read.
-    """
+
+def _resolve_table_in(files, name_or_id, buckets=None):
     if isinstance(name_or_id, bool):
         raise UnknownTableError("table must be a name or a number, not %r" % (name_or_id,))
     if isinstance(name_or_id, int):
@@ -236,15 +260,89 @@ def resolve_table(name_or_id, paths=None, etc_dir=ETC_DIR, vendor_dirs=VENDOR_DI
             return name_or_id
         raise UnknownTableError("table id %d is outside 0..%d" % (name_or_id, MAX_KERNEL_TABLE_ID))
     text = str(name_or_id).strip()
-    files = load_files(paths, etc_dir, vendor_dirs)
-    entry = _lookup_name(_buckets(files), text)
+    entry = _lookup_name(buckets if buckets is not None else _buckets(files), text)
     if entry is not None:
         return entry.table_id
     number = _parse_number(text)
     if number is not None and number <= MAX_KERNEL_TABLE_ID:
         return number
-    raise UnknownTableError("routing table %r is not a number and no file ip reads names it (read: %s)"
-                            % (text, ", ".join(f.path for f in files) or "no rt_tables file found"))
+    raise UnknownTableError("unknown table name %r: not a number and no file ip reads names it (read: %s)"
+                            % (text, _files_read(files)))
+
+
+def resolve_table(name_or_id, paths=None, etc_dir=ETC_DIR, vendor_dirs=VENDOR_DIRS):
+    """Table id for a name or number, resolved like ``ip ... table X`` (names first).
+
+    Raises :class:`UnknownTableError` naming the files that were read.
+    """
+    return _resolve_table_in(load_files(paths, etc_dir, vendor_dirs), name_or_id)
+
+
+def _protocol_slots(files):
+    """ip's ``rtnl_rtprot_tab``: id -> name, built-in names first, later files overwrite."""
+    slots = dict(BUILTIN_PROTOCOLS)
+    for names_file in files:
+        for entry in names_file.entries:
+            slots[entry.table_id] = entry.name
+    return slots
+
+
+def _resolve_protocol_in(files, name_or_id, slots=None):
+    if isinstance(name_or_id, bool):
+        raise UnknownNameError("protocol must be a name or a number, not %r" % (name_or_id,))
+    if isinstance(name_or_id, int):
+        if 0 <= name_or_id <= MAX_PROTOCOL_ID:
+            return name_or_id
+        raise UnknownNameError("protocol %d is outside 0..%d" % (name_or_id, MAX_PROTOCOL_ID))
+    text = str(name_or_id).strip()
+    slots = slots if slots is not None else _protocol_slots(files)
+    found = sorted(i for i, name in slots.items() if name == text)
+    if found:
+        return found[0]
+    number = _parse_number(text)
+    if number is not None and number <= MAX_PROTOCOL_ID:
+        return number
+    if number is not None:
+        raise UnknownNameError("protocol %s is outside 0..%d" % (text, MAX_PROTOCOL_ID))
+    raise UnknownNameError("unknown protocol name %r: not a number, not built into ip and no file ip reads "
+                           "names it (read: %s)" % (text, ", ".join(f.path for f in files) or
+                                                    "no %s file found" % PROTOS_FILE))
+
+
+def resolve_protocol(name_or_id, paths=None, etc_dir=ETC_DIR, vendor_dirs=VENDOR_DIRS):
+    """Protocol number for a name or number, resolved like ``ip ... protocol X`` (names first)."""
+    return _resolve_protocol_in(load_files(paths, etc_dir, vendor_dirs, PROTOS_FILE), name_or_id)
+
+
+class Names(object):
+    """Table and protocol names of one system, resolved exactly like ``ip`` (files read once).
+
+    ``root`` prefixes the standard directories (tests); ``etc_dir``/``vendor_dirs`` replace them.
+    Both methods raise :class:`UnknownNameError` (a ValueError) for a word ``ip`` would refuse.
+    """
+
+    def __init__(self, root="/", etc_dir=None, vendor_dirs=None):
+        self.etc_dir = etc_dir or os.path.join(root, ETC_DIR.lstrip("/"))
+        self.vendor_dirs = tuple(vendor_dirs) if vendor_dirs is not None else tuple(
+            os.path.join(root, d.lstrip("/")) for d in VENDOR_DIRS)
+        self._cache = {}
+
+    def _load(self, kind):
+        if kind not in self._cache:
+            files = load_files(None, self.etc_dir, self.vendor_dirs, kind)
+            index = _protocol_slots(files) if kind == PROTOS_FILE else _buckets(files)
+            self._cache[kind] = (files, index)
+        return self._cache[kind]
+
+    def table(self, name_or_id):
+        """Table id (0..2**32-1) for a name or number."""
+        files, buckets = self._load(MAIN_FILE)
+        return _resolve_table_in(files, name_or_id, buckets)
+
+    def protocol(self, name_or_id):
+        """Protocol number (0..255) for a name or number."""
+        files, slots = self._load(PROTOS_FILE)
+        return _resolve_protocol_in(files, name_or_id, slots)
 
 
 def validate_table(name, table_id):

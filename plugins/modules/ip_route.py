@@ -225,14 +225,17 @@ options:
     type: path
 attributes:
   check_mode:
+    description: Can run in check_mode and return changed status prediction without modifying target.
     support: full
-    description: Reads the live state and reports what would change, with the batch lines; changes nothing.
+    details: Reads the live state and reports what would change, with the batch lines; changes nothing.
   diff_mode:
+    description: Will return details on what has changed (or possibly needs changing in check_mode), when in diff mode.
     support: full
-    description: Before/after of exactly the routes, groups and nexthop objects touched.
+    details: Before/after of exactly the routes, groups and nexthop objects touched.
   idempotent:
+    description: When run twice in a row outside check mode with the same arguments, the second invocation indicates no change.
     support: full
-    description: A second run with the same options and the same link/health state reports no change.
+    details: A second run with the same options and the same link/health state reports no change.
 notes:
   - Runs C(ip); needs iproute2 with JSON output. Nexthop objects need kernel 5.3 and iproute2 5.3.
   - 'Unusable devices: the kernel deletes nexthop objects (and routes through them) of a device that goes down or
@@ -323,7 +326,7 @@ from ansible.module_utils.parsing.convert_bool import boolean
 
 from ansible_collections.multiwan.linux.plugins.module_utils._diff import StateManager
 from ansible_collections.multiwan.linux.plugins.module_utils._iproute import (
-    FAMILIES, SCOPES, IpRoute, IpRouteError, NameTables, family_of, normalize_address,
+    FAMILIES, SCOPES, IpRoute, IpRouteError, Names, family_of, normalize_address,
     normalize_prefix, plan_routes)
 
 NEXTHOP_OPTIONS = dict(
@@ -450,7 +453,8 @@ class RouteManager(StateManager):
 
     def __init__(self, module, desired, protocol, use_objects, health, purge_tables):
         StateManager.__init__(self, module)
-        self.iproute = IpRoute(runner=lambda argv, data=None: module.run_command(argv, data=data))
+        self.iproute = IpRoute(runner=lambda argv, data=None: module.run_command(argv, data=data),
+                               ip=(module.get_bin_path("ip", required=True),))
         self.desired = desired
         self.protocol = protocol
         self.use_objects = use_objects
@@ -497,7 +501,7 @@ def main():
     module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True,
                            mutually_exclusive=[["routes", name] for name in SINGLE_ONLY])
     params = module.params
-    names = NameTables()
+    names = Names()
     try:
         try:
             protocol = names.protocol(params["protocol"])

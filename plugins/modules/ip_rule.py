@@ -145,14 +145,17 @@ options:
     default: present
 attributes:
   check_mode:
+    description: Can run in check_mode and return changed status prediction without modifying target.
     support: full
-    description: Reads the live rules and reports what would change; changes nothing.
+    details: Reads the live rules and reports what would change; changes nothing.
   diff_mode:
+    description: Will return details on what has changed (or possibly needs changing in check_mode), when in diff mode.
     support: full
-    description: Before/after of exactly the rules added or removed, one line per rule.
+    details: Before/after of exactly the rules added or removed, one line per rule.
   idempotent:
+    description: When run twice in a row outside check mode with the same arguments, the second invocation indicates no change.
     support: full
-    description: A second run with the same options reports no change.
+    details: A second run with the same options reports no change.
 notes:
   - Runs C(ip); needs iproute2 with JSON output (C(ip -j), iproute2 4.17 or later).
   - Rules are read with C(-N), so tables and protocols are compared as numbers; names are
@@ -217,7 +220,7 @@ from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.multiwan.linux.plugins.module_utils._diff import StateManager
 from ansible_collections.multiwan.linux.plugins.module_utils._iproute import (
-    FAMILIES, IpRoute, IpRouteError, NameTables, family_of, normalize_prefix, plan_rules)
+    FAMILIES, IpRoute, IpRouteError, Names, family_of, normalize_prefix, plan_rules)
 
 RULE_OPTIONS = {
     "priority": dict(type="int"),
@@ -299,7 +302,8 @@ class RuleManager(StateManager):
 
     def __init__(self, module, desired, protocol):
         StateManager.__init__(self, module)
-        self.iproute = IpRoute(runner=lambda argv, data=None: module.run_command(argv, data=data))
+        self.iproute = IpRoute(runner=lambda argv, data=None: module.run_command(argv, data=data),
+                               ip=(module.get_bin_path("ip", required=True),))
         self.desired = desired
         self.protocol = protocol
         self.planned = None
@@ -335,7 +339,7 @@ def main():
     module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True,
                            mutually_exclusive=[["rules", name] for name in SINGLE_ONLY])
     params = module.params
-    names = NameTables()
+    names = Names()
     try:
         protocol = names.protocol(params["protocol"])
     except ValueError as exc:

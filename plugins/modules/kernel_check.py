@@ -72,14 +72,17 @@ options:
     default: auto
 attributes:
   check_mode:
+    description: Can run in check_mode and return changed status prediction without modifying target.
     support: full
-    description: The check only reads (the probes leave nothing behind), so it also runs in check mode.
+    details: Runs for real in check mode too, because it changes nothing (the live probes create throwaway objects and remove them in the same run).
   diff_mode:
+    description: Will return details on what has changed (or possibly needs changing in check_mode), when in diff mode.
     support: none
-    description: Nothing is changed, so there is nothing to show.
+    details: Nothing is changed, so there is nothing to show.
   idempotent:
+    description: When run twice in a row outside check mode with the same arguments, the second invocation indicates no change.
     support: full
-    description: Never changes anything; the task never reports a change.
+    details: Never changes anything; the task never reports a change.
 notes:
   - The probes run in the network namespace of the target. Each probe uses a throwaway table id
     and a firewall mark that no configuration uses, checked to be unused first, and is removed
@@ -90,7 +93,9 @@ notes:
     so nothing is ever committed to the ruleset.
   - Probes need root. Options that no probe covers are reported as V(unknown) with a warning,
     and never make the module fail.
-  - The correct Kconfig symbol for ctnetlink (what C(conntrack -D) needs) is NF_CT_NETLINK.
+  - The correct Kconfig symbol for ctnetlink (what C(conntrack -D) needs) is NF_CT_NETLINK;
+    NF_CONNTRACK_NETLINK (a common misspelling that no kernel has) is accepted as an alias for it in
+    O(required), O(optional) and O(skip).
 seealso:
   - module: multiwan.linux.rt_table
 author:
@@ -101,7 +106,7 @@ EXAMPLES = r"""
 - name: Stop early on a kernel that cannot do policy routing, multipath or NAT
   multiwan.linux.kernel_check:
 
-- name: Also require IPv6 policy routing and the flow hash for L4 multipath
+- name: Also require IPv6 policy routing and nft numgen (random loss in the lab)
   multiwan.linux.kernel_check:
     required:
       - IPV6_MULTIPLE_TABLES
@@ -203,6 +208,8 @@ _MODULE_SUFFIX = re.compile(r"\.ko(\.(xz|gz|zst|bz2))?$")
 # Mark and table ids for the probes: 0x6d is the collection's tag (docs/design.md); the rest is
 # random and checked to be unused, so a probe never touches something that exists.
 PROBE_TAG = 0x6D000000
+# Names people write for options whose Kconfig symbol is different (ctnetlink is NF_CT_NETLINK).
+OPTION_ALIASES = {"NF_CONNTRACK_NETLINK": "NF_CT_NETLINK"}
 
 
 class Requirement(object):
@@ -225,7 +232,7 @@ def normalize_option(name):
         text = text[len("CONFIG_"):]
     if not _OPTION.match(text):
         raise ValueError("%r is not a kernel option name" % (name,))
-    return text
+    return OPTION_ALIASES.get(text, text)
 
 
 def parse_requirements(items, field, required):

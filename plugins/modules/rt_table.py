@@ -74,14 +74,17 @@ options:
     default: false
 attributes:
   check_mode:
+    description: Can run in check_mode and return changed status prediction without modifying target.
     support: full
-    description: Computes the new file content and reports it; writes nothing.
+    details: Computes the new file content and reports it; writes nothing.
   diff_mode:
+    description: Will return details on what has changed (or possibly needs changing in check_mode), when in diff mode.
     support: full
-    description: Shows the whole managed file before and after.
+    details: Shows the whole managed file before and after.
   idempotent:
+    description: When run twice in a row outside check mode with the same arguments, the second invocation indicates no change.
     support: full
-    description: A second run with the same parameters reports no change.
+    details: A second run with the same parameters reports no change.
 notes:
   - Only the file content is managed. The kernel does not know table names; nothing is changed in
     the kernel and routes in the table are not touched.

@@ -48,7 +48,10 @@ def ensure_collection_link():
     if not link.is_symlink():
         if link.exists():
             shutil.rmtree(link)
-        link.symlink_to(REPO)
+        try:
+            link.symlink_to(REPO)
+        except FileExistsError:  # another xdist worker made it at the same moment
+            pass
     return COLLECTIONS
 
 
@@ -109,7 +112,9 @@ class Gateway:
 
     def run(self, fqcn, args, check=False, diff=False, expect_failure=False):
         """Run any module by its full name through ``ansible`` and return the host's result."""
-        argv = [ansible_bin("ansible"), "-i", str(self.inventory), self.site, "-m", fqcn, "-a", json.dumps(args)]
+        argv = [ansible_bin("ansible"), "-i", str(self.inventory), self.site, "-m", fqcn]
+        if args:  # "-a {}" would be taken as free-form arguments; no -a means no arguments
+            argv += ["-a", json.dumps(args)]
         if check:
             argv.append("--check")
         if diff:
@@ -130,10 +135,20 @@ class Gateway:
         return result
 
 
+def worker_suffix():
+    """``""`` without pytest-xdist, else the worker's index (``gw3`` -> ``"3"``)."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    return worker[2:] if worker.startswith("gw") else worker
+
+
 @pytest.fixture(scope="session")
 def module_lab():
-    """A one-site lab shared by the module tests of a session (lab name from MWTEST_LAB)."""
-    name = os.environ.get("MWTEST_LAB", "mwt")
+    """A one-site lab shared by the module tests of a session (lab name from MWTEST_LAB).
+
+    Under pytest-xdist every worker builds its own lab, named MWTEST_LAB + worker index
+    (``mwt0``, ``mwt1``, ...), so workers never share a namespace.
+    """
+    name = os.environ.get("MWTEST_LAB", "mwt") + worker_suffix()
     lab = Lab(name)
     lab.up(Topology.from_dict(MODULE_TOPOLOGY, lab=name))
     workdir = Path(tempfile.mkdtemp(prefix="%s-inv-" % name))

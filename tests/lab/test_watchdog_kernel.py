@@ -1,4 +1,4 @@
-"""The watchdog against the real kernel, in namespaces of its own (mwh-wd-*), as root.
+"""The watchdog against the real kernel, in namespaces of its own (mwh-wd[N]-*), as root.
 
 A gateway namespace with two uplinks (veth pairs) to a peer namespace that answers pings on two
 target addresses.  The watchdog runs through the role's launcher inside the gateway namespace;
@@ -20,7 +20,9 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-GW, PEER = "mwh-wd-gw", "mwh-wd-peer"
+# One pair of namespaces per pytest-xdist worker (mwh-wd-*, mwh-wd0-*, mwh-wd1-*, ...).
+_WORKER = os.environ.get("PYTEST_XDIST_WORKER", "").replace("gw", "")
+GW, PEER = "mwh-wd%s-gw" % _WORKER, "mwh-wd%s-peer" % _WORKER
 GROUP = 0x6E000001
 NH1, NH2 = 0x6D000065, 0x6D000066
 TARGETS = ["198.18.0.1", "198.18.0.2"]

@@ -161,23 +161,25 @@ def test_name_tables_read_like_ip(tmp_path):
     (tmp_path / "etc/iproute2/rt_tables.d/ignored.txt").write_text("103 isp3\n")
     (tmp_path / "etc/iproute2/rt_protos.d").mkdir()
     (tmp_path / "etc/iproute2/rt_protos.d/multiwan.conf").write_text("109 multiwan\n")
-    names = I.NameTables(str(tmp_path))
-    assert [names.table(x) for x in ("main", "isp0", "isp1", "isp2", "7", "0x10")] == [254, 100, 101, 102, 7, 16]
+    names = I.Names(str(tmp_path))
+    assert [names.table(x) for x in ("main", "isp0", "isp1", "isp2", "7", "0x10", "010")] == [254, 100, 101, 102, 7, 16, 8]
     assert names.protocol("multiwan") == 109 and names.protocol("static") == 4
     with pytest.raises(ValueError, match="unknown table name 'isp3'"):
         names.table("isp3")
-    with pytest.raises(ValueError, match="out of range"):
+    with pytest.raises(ValueError, match="outside 0..255"):
         names.protocol(300)
+    with pytest.raises(ValueError, match="outside 0..255"):
+        names.protocol("0x100")
 
 
 def test_usr_share_is_only_the_fallback(tmp_path):
     (tmp_path / "usr/share/iproute2").mkdir(parents=True)
     (tmp_path / "usr/share/iproute2/rt_tables").write_text("42 vendor\n")
-    assert I.NameTables(str(tmp_path)).table("vendor") == 42
+    assert I.Names(str(tmp_path)).table("vendor") == 42
     (tmp_path / "etc/iproute2").mkdir(parents=True)
     (tmp_path / "etc/iproute2/rt_tables").write_text("43 admin\n")
     with pytest.raises(ValueError):
-        I.NameTables(str(tmp_path)).table("vendor")
+        I.Names(str(tmp_path)).table("vendor")
 
 
 # -- builders -------------------------------------------------------------------------------
@@ -246,7 +248,7 @@ def test_purge_deletes_only_ours_and_never_kernel_rules(rules):
         "-6 rule del priority 2101 from all fwmark 0x650000/0xff0000 lookup 101 protocol 109",
         "-6 rule del priority 3101 from 2001:db8:1::2/128 lookup 101 protocol 109"]
     ranged = I.plan_rules(rules, OURS, purge=True, purge_priority_range=[0, 32767])
-    deleted = [t for t in ranged.batch_text()]
+    deleted = list(ranged.batch_text())
     assert "-4 rule del priority 3102 from 100.64.2.2/32 iif lo oif wan1 lookup 102" in deleted
     assert not any("lookup 255" in t or "lookup 253" in t or "priority 32766" in t for t in deleted)
 
@@ -285,7 +287,7 @@ def test_live_multipath_unchanged(live):
 def test_weight_change_is_one_group_replace(live):
     plan = I.plan_routes(live, [main_default(dict(WAN1, weight=1), dict(PPP0, weight=3))])
     assert plan.batch_text() == ["nexthop replace id %d group %d,1/%d,3 protocol 109" % (G_MAIN, NH_WAN1, NH_PPP0)]
-    assert [name for name, _, _ in plan.entries] == ["nexthop group %d" % G_MAIN]
+    assert [entry[0] for entry in plan.entries] == ["nexthop group %d" % G_MAIN]
 
 
 def test_adding_a_member_orders_object_group_route(live):
@@ -412,7 +414,7 @@ def test_apply_runs_one_batch_per_flag_run(live, runner):
                          {"via": None, "dev": "ppp0", "weight": 1, "id": 91}, family="inet6", metric=1024, group_id=99)
     plan = I.plan_routes(live, [route])
     I.IpRoute(runner=runner).apply(plan.lines)
-    assert [flags for flags, _ in runner.batches] == [["-6"], []]
+    assert [batch[0] for batch in runner.batches] == [["-6"], []]
     assert runner.batches[1][1].count("\n") == 2
 
 

@@ -9,7 +9,7 @@ import json
 
 import pytest
 
-from ansible_collections.multiwan.linux.plugins.module_utils._iproute import NameTables
+from ansible_collections.multiwan.linux.plugins.module_utils._iproute import Names
 from ansible_collections.multiwan.linux.plugins.modules import ip_route
 
 
@@ -17,7 +17,7 @@ from ansible_collections.multiwan.linux.plugins.modules import ip_route
 def names(tmp_path):
     (tmp_path / "etc/iproute2/rt_tables.d").mkdir(parents=True)
     (tmp_path / "etc/iproute2/rt_tables.d/multiwan.conf").write_text("101 isp1\n")
-    return NameTables(str(tmp_path))
+    return Names(str(tmp_path))
 
 
 def test_multipath_defaults(names):

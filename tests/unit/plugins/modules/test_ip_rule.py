@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from ansible_collections.multiwan.linux.plugins.module_utils._iproute import NameTables
+from ansible_collections.multiwan.linux.plugins.module_utils._iproute import Names
 from ansible_collections.multiwan.linux.plugins.modules import ip_rule
 
 
@@ -15,7 +15,7 @@ from ansible_collections.multiwan.linux.plugins.modules import ip_rule
 def names(tmp_path):
     (tmp_path / "etc/iproute2/rt_protos.d").mkdir(parents=True)
     (tmp_path / "etc/iproute2/rt_protos.d/multiwan.conf").write_text("109 multiwan\n")
-    return NameTables(str(tmp_path))
+    return Names(str(tmp_path))
 
 
 def test_canonical_rule(names):

@@ -136,6 +136,14 @@ def test_user_requirements_merge_and_skip():
     assert by_first["IPV6_MULTIPLE_TABLES"].required is False
 
 
+def test_nf_conntrack_netlink_is_an_alias_of_the_real_symbol():
+    assert kc.normalize_option("CONFIG_NF_CONNTRACK_NETLINK") == "NF_CT_NETLINK"
+    reqs = requirements(required=[{"option": "NF_CONNTRACK_NETLINK", "feature": "ours"}])
+    assert [r.feature for r in reqs if "NF_CT_NETLINK" in r.options] == ["ours"]
+    assert "NF_CONNTRACK_NETLINK" not in [o for r in reqs for o in r.options]
+    assert not [r for r in requirements(skip=["NF_CONNTRACK_NETLINK"]) if "NF_CT_NETLINK" in r.options]
+
+
 @pytest.mark.parametrize("items, message", [
     ([{"feature": "x"}], "required[0]: needs 'option'"),
     (["OK", "bad name!"], "required[1]: 'bad name!' is not a kernel option name"),
