@@ -88,11 +88,13 @@ def snapshot(lab, site):
         out[key] = json.loads(proc.stdout) if proc.returncode == 0 and proc.stdout.strip() else proc.stderr.strip()
     if isinstance(out["nft"], dict):  # the metainfo line carries the nft version only
         out["nft"] = [item for item in out["nft"].get("nftables", []) if "metainfo" not in item]
-    sysctl = lab.run(site, "gw", ["sysctl", "net.ipv4.ip_forward", "net.ipv4.conf.all.rp_filter",
-                                  "net.ipv4.fib_multipath_hash_policy"])
-    out["sysctl"] = sysctl.stdout.split("\n")
-    files = lab.run(site, "gw", ["sh", "-c", "ls /etc/iproute2/rt_tables.d/ /etc/sysctl.d/ 2>&1; "
-                                 "cat /etc/nftables.conf 2>/dev/null"])
+    # Every setting the role may change (not counters such as nf_conntrack_count, which traffic moves).
+    sysctl = lab.run(site, "gw", ["sysctl", "-a", "--pattern", r"(forwarding|rp_filter|fib_multipath)"])
+    out["sysctl"] = sorted(sysctl.stdout.split("\n"))
+    # Names and contents of every file the role writes (rt_tables/rt_protos drop-ins, sysctl and nft files).
+    files = lab.run(site, "gw", ["sh", "-c", "for f in /etc/iproute2/rt_tables.d/* /etc/iproute2/rt_protos.d/* "
+                                 "/etc/sysctl.d/* /etc/nftables.conf /etc/nftables.d/* /etc/nftables/*; do "
+                                 "[ -f \"$f\" ] && { echo \"== $f\"; cat \"$f\"; }; done; true"])
     out["files"] = files.stdout.split("\n")
     return out
 
