@@ -165,7 +165,8 @@ def cmd_leftovers(args):
                    or any(h.get("dev") == dev for h in r.get("nexthops", []))],
         "nexthops": [n for n in snap["nexthops"] if n.get("dev") == dev or n.get("id") in nh_ids
                      or any(m.get("id") in nh_ids for m in n.get("group", []))],
-        "rt_tables_files": [line for line in snap["files"] if line.strip() == "multiwan-%s.conf" % args.name],
+        "rt_tables_files": [line for line in snap["files"]
+                            if line.strip() == "== /etc/iproute2/rt_tables.d/multiwan-%s.conf" % args.name],
         "nat": [item for item in snap["nft"] if dev in json.dumps(item.get("rule", {}))],
     }
     ipr = lab.run(args.site, "gw", ["ip", "route", "show", "table", str(table)])
