@@ -10,7 +10,9 @@ export PYTHONPATH="$PWD/lab" ANSIBLE_COLLECTIONS_PATH="$PWD/.build/collections"
 mwlab() { .venv/bin/python -m mwlab --lab "$lab" "$@"; }
 mkdir -p .build/demo
 echo "== bringing up lab '$lab' from $topology"
-mwlab up "$topology"
+# systemd mode: each gateway boots Debian under systemd-nspawn, so the role's watchdog unit runs
+# for real (the first run on a machine builds the Debian image, a few minutes, cached after).
+mwlab up --systemd "$topology"
 echo; echo "== status"
 mwlab status
 mwlab inventory --output .build/demo/inventory.yml
@@ -31,6 +33,27 @@ for site in $sites; do
   echo; echo "== $site: 1000 short UDP flows from the LAN client, by the uplink the internet saw them from"
   mwlab traffic "$site" --flows 1000 --proto udp
 done
+first_site=${sites%% *}
+first_uplink=$(.venv/bin/python - "$lab" "$first_site" <<'PY'
+import sys
+from mwlab import Lab
+site = next(s for s in Lab(sys.argv[1]).topology.sites if s.name == sys.argv[2])
+print(site.uplinks[0].name)
+PY
+)
+echo; echo "== $first_site: the failover watchdog (multiwan status on the gateway)"
+mwlab exec "$first_site" gw -- multiwan status
+echo; echo "== $first_site: $first_uplink's ISP dies beyond its router (nothing on the gateway's link changes)"
+mwlab fail "$first_site" "$first_uplink" --mode upstream
+sleep 2
+mwlab exec "$first_site" gw -- multiwan status
+mwlab exec "$first_site" gw -- ip route show default
+echo; echo "== $first_site: 300 new flows now leave by the surviving uplinks only"
+mwlab traffic "$first_site" --flows 300 --proto udp
+echo; echo "== $first_site: $first_uplink's ISP is back; after 20 good probe rounds (3 s) it is used again"
+mwlab restore "$first_site" "$first_uplink"
+sleep 5
+mwlab exec "$first_site" gw -- multiwan status
 echo
 echo "The lab stays up: try 'PYTHONPATH=lab .venv/bin/python -m mwlab --lab $lab traffic s1 --proto tcp',"
 echo "run the playbook again (nothing changes), remove the lab with 'make demo-down'."

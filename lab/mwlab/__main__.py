@@ -163,7 +163,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="every gateway boots Debian under systemd-nspawn (else the topology's systemd: keys)")
     p.set_defaults(func=_cmd_up)
 
-    p = sub.add_parser("reboot", help="reboot a systemd-mode gateway (systemctl reboot inside; --hard: kill and boot)")
+    p = sub.add_parser("reboot", help="reboot a systemd-mode gateway (systemctl reboot inside; --hard: kill and boot); "
+                       "its namespace's rules, routes, nexthops, nftables, conntrack and sysctls are reset "
+                       "to the bare gateway's in between, as a real reboot does")
     p.add_argument("site")
     p.add_argument("--hard", action="store_true", help="SIGKILL the container's init (power cut), then boot it again")
     p.add_argument("--no-wait", action="store_true", help="do not wait until it runs again")

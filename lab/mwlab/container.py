@@ -13,7 +13,12 @@ The lab starts one supervisor per systemd site (instead of the ``sleep infinity`
    the boot record (init pid, nspawn pid, boots) to ``/run/mwlab/L/S.container.json``;
 4. restarts the container when it reboots (nspawn exits 133 after ``systemctl reboot`` inside)
    or when the lab asked for a hard reboot (file ``/run/mwlab/L/S.reboot`` present when the
-   container died); any other exit (``poweroff`` inside, a crash) ends the supervisor;
+   container died); any other exit (``poweroff`` inside, a crash) ends the supervisor. Between
+   the exit and the next boot it resets the gateway's network namespace to the snapshot it took
+   when it started, before the first boot (:func:`mwlab.netns.reset_netns`: rules, routes,
+   nexthops, nftables, conntrack, sysctls, addresses, links), because the namespace outlives the
+   container and a real reboot keeps none of that; one log line per reboot says what was
+   removed, and the boot record keeps the counts (``boots[i]["reset"]``);
 5. on SIGTERM/SIGINT (``mwlab down``) kills the container's init with SIGKILL (the kernel then
    kills the whole pid namespace; the overlay is thrown away anyway), waits for nspawn, exits.
 
@@ -30,6 +35,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+from .netns import reset_netns, reset_summary, snapshot_netns
 
 NSPAWN = "/usr/bin/systemd-nspawn"
 REBOOT_RC = 133
@@ -134,6 +141,7 @@ class Supervisor:
         self.proc: subprocess.Popen | None = None
         self.init_pid: int | None = None
         self.boots: list[dict] = []
+        self.snapshot: dict | None = None
 
     def write_json(self) -> None:
         doc = {"supervisor": os.getpid(), "nspawn": self.proc.pid if self.proc else None,
@@ -209,8 +217,27 @@ class Supervisor:
         self.write_json()
         return rc
 
+    def reset_netns(self) -> None:
+        """Between two boots: back to the namespace the lab built (see netns.reset_netns)."""
+        if self.snapshot is None:
+            print(f"mwlab.container: {self.a.machine}: no snapshot of {self.a.netns}: namespace not reset", flush=True)
+            return
+        try:
+            res = reset_netns(self.a.netns, self.snapshot)
+        except Exception as e:  # the gateway must boot again even if the reset fails
+            res = {"netns": self.a.netns, "errors": [f"{type(e).__name__}: {e}"]}
+        print(f"mwlab.container: {self.a.machine}: {reset_summary(res)}", flush=True)
+        if self.boots:
+            self.boots[-1]["reset"] = res
+            self.write_json()
+
     def run(self) -> int:
         enter_own_cgroup(self.a.machine)
+        if not self.a.no_reset:
+            try:  # the namespace as the lab built it, before the container touches it
+                self.snapshot = snapshot_netns(self.a.netns)
+            except Exception as e:
+                print(f"mwlab.container: {self.a.machine}: cannot snapshot {self.a.netns}: {e}", flush=True)
         signal.signal(signal.SIGTERM, self.on_signal)
         signal.signal(signal.SIGINT, self.on_signal)
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
@@ -222,6 +249,8 @@ class Supervisor:
                 break
             if rc == REBOOT_RC or reboot_flag.exists():
                 print(f"mwlab.container: {self.a.machine}: rebooting (nspawn rc {rc})", flush=True)
+                if not self.a.no_reset:
+                    self.reset_netns()
                 continue
             print(f"mwlab.container: {self.a.machine}: container ended (nspawn rc {rc}); not restarting", flush=True)
             return rc
@@ -237,6 +266,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--pidfile", required=True)
     ap.add_argument("--info", required=True)
     ap.add_argument("--reboot-flag", required=True)
+    ap.add_argument("--no-reset", action="store_true",
+                    help="keep the network namespace's state across reboots (default: reset it)")
     return Supervisor(ap.parse_args(argv)).run()
 
 

@@ -333,7 +333,15 @@ class Lab:
     def reboot(self, site: str, hard: bool = False, wait: bool = True) -> float | None:
         """Reboot a systemd-mode gateway: ``systemctl reboot`` inside (nspawn exits 133 and the
         supervisor boots it again), or ``hard``: SIGKILL its init (a power cut) and boot it again.
-        The overlay (the gateway's "disk") is kept. Returns the seconds until it runs again."""
+        The overlay (the gateway's "disk") is kept. Returns the seconds until it runs again.
+
+        Like a real reboot, neither kind keeps the kernel's network state: between the
+        container's exit and its next boot the supervisor resets the gateway's namespace to what
+        the lab built (addresses, connected routes, default policy rules, no nexthops, no other
+        routes in any table, empty nftables ruleset, conntrack flushed, net.ipv4/net.ipv6
+        sysctls as before the first boot; see :func:`mwlab.netns.reset_netns`). Only what the
+        boot itself configures (units, the watchdog) comes back. What the reset removed is in
+        the supervisor's log and in ``container_info(site)["boots"][-2]["reset"]``."""
         with self._locked():
             st = self._state()
             rec = st["pids"].get(f"{site}.gw")
@@ -799,6 +807,10 @@ table inet {t} {{
                "reflector_state_dir": str(self.reflector_dir)}
         if st.get("rootfs"):
             out["rootfs"] = st["rootfs"]
+        try:  # replies sent/deferred/dropped per reason (mwlab.reflector writes it about once a second)
+            out["reflector_stats"] = json.loads((self.reflector_dir / "stats.json").read_text())
+        except (OSError, ValueError):
+            pass
         return out
 
     # ---- inventory ---------------------------------------------------------------------------------

@@ -16,6 +16,18 @@ packet was addressed to) and ``proto``. A payload that is not a JSON object is e
 UDP replies leave from the very address the datagram was sent to (IP_PKTINFO), so a client
 talking to 198.18.0.2 gets its answer from 198.18.0.2 even though the socket is a wildcard one.
 
+One unroutable client never costs the others their replies. All UDP replies share one socket,
+and a reply to a destination whose next hop does not answer ARP/ND (an ISP whose upstream is
+cut) is not dropped at once: it waits in the neighbour queue and keeps counting against the
+socket's send buffer (up to ``unres_qlen_bytes``, 212992 by default, per neighbour: as much as
+the default send buffer). So the UDP sockets get a large send buffer (``SO_SNDBUFFORCE``, 8 MiB),
+every send error is caught and counted per reason, and a reply that finds the buffer full
+(``EAGAIN``/``ENOBUFS``) waits in a bounded backlog (4096 replies, 256 per destination address,
+1 s at most) that is sent as soon as the socket is writable again. ``stats`` counts replies sent,
+deferred and dropped (``udp_tx_drop``: errno names such as ``EHOSTUNREACH``, or ``backlog_full``,
+``backlog_dst_full``, ``backlog_stale``); with ``--state-dir`` it is written to ``DIR/stats.json``
+about once a second and on exit.
+
 Usage::
 
     python3 -m mwlab.reflector --port 7777 [--bind 0.0.0.0] [--bind-any] [--state-dir DIR]
@@ -51,6 +63,14 @@ IP_FREEBIND = getattr(socket, "IP_FREEBIND", 15)
 
 MAX_LINE = 8192  # longest accepted TCP line / UDP datagram
 MAX_TCP_CONNS = 4000
+SO_SNDBUFFORCE = getattr(socket, "SO_SNDBUFFORCE", 32)
+SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)
+UDP_SNDBUF = 8 << 20  # room for many dead neighbours' queues (unres_qlen_bytes each) and the rest
+UDP_RCVBUF = 4 << 20
+UDP_BACKLOG_MAX = 4096  # UDP replies waiting for send-buffer space, all destinations together
+UDP_BACKLOG_PER_DST = 256  # ... and for one destination address
+UDP_BACKLOG_MAX_AGE = 1.0  # seconds; an older reply is dropped (its client has moved on)
+RETRY_ERRNOS = frozenset({errno.EAGAIN, errno.EWOULDBLOCK, errno.ENOBUFS, errno.ENOMEM})
 MAX_OUTBUF = 256 * 1024  # per TCP connection; a client that never reads is dropped
 UDP_FLOW_MEMORY = 65536  # 5-tuples remembered for flow logging
 
@@ -120,6 +140,32 @@ class FlowLog:
             self.fh = None
 
 
+def _set_buf(sock, force_opt: int, opt: int, size: int) -> int:
+    """Set a socket buffer to SIZE, beyond net.core.[rw]mem_max when allowed (root); return the
+    size the kernel granted (it reports twice what was asked, for its bookkeeping)."""
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, force_opt, size)
+    except OSError:
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, opt, size)
+        except OSError:
+            pass
+    return sock.getsockopt(socket.SOL_SOCKET, opt)
+
+
+class _UdpOut:
+    """A UDP listener and its backlog of replies that found the send buffer full."""
+
+    __slots__ = ("sock", "fam", "backlog", "per_dst", "want_write")
+
+    def __init__(self, sock, fam):
+        self.sock = sock
+        self.fam = fam
+        self.backlog: collections.deque = collections.deque()  # (t, reply, ancdata, peer)
+        self.per_dst: collections.Counter = collections.Counter()
+        self.want_write = False
+
+
 class _TcpConn:
     __slots__ = ("sock", "peer", "local", "inbuf", "outbuf", "lines", "opened", "flow")
 
@@ -143,7 +189,11 @@ class Reflector:
         self.udp_seen: collections.OrderedDict = collections.OrderedDict()
         self.conns: dict[int, _TcpConn] = {}
         self.stopping = False
-        self.stats = {"udp_rx": 0, "tcp_conns": 0, "tcp_lines": 0}
+        self.stats = {"udp_rx": 0, "udp_rx_errors": 0, "udp_tx": 0, "udp_tx_deferred": 0, "udp_tx_drop": {},
+                      "udp_backlog": 0, "udp_backlog_max": 0, "udp_sndbuf": 0, "tcp_conns": 0, "tcp_lines": 0}
+        self.stats_path = os.path.join(state_dir, "stats.json") if state_dir else None
+        self._stats_written = ""
+        self.udp_outs: list[_UdpOut] = []
         self.socks = []
         fams = [(socket.AF_INET, bind)]
         if bind_any:
@@ -185,10 +235,13 @@ class Reflector:
             u.close()
             t.close()
             raise
-        u.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+        _set_buf(u, SO_RCVBUFFORCE, socket.SO_RCVBUF, UDP_RCVBUF)
+        self.stats["udp_sndbuf"] = _set_buf(u, SO_SNDBUFFORCE, socket.SO_SNDBUF, UDP_SNDBUF)
         u.setblocking(False)
         t.setblocking(False)
-        self.sel.register(u, selectors.EVENT_READ, ("udp", fam))
+        out = _UdpOut(u, fam)
+        self.udp_outs.append(out)
+        self.sel.register(u, selectors.EVENT_READ, ("udp", out))
         self.sel.register(t, selectors.EVENT_READ, ("listen", fam))
         self.socks += [u, t]
 
@@ -199,13 +252,82 @@ class Reflector:
             pass
 
     # ---- UDP ---------------------------------------------------------------------------
-    def _udp(self, sock, fam):
+    def _drop(self, reason: str) -> None:
+        drops = self.stats["udp_tx_drop"]
+        drops[reason] = drops.get(reason, 0) + 1
+
+    def _try_send(self, sock, reply: bytes, anc: list, peer) -> bool:
+        """Send one reply. False: no room in the send buffer now (try again later); True: sent,
+        or dropped for good (unroutable, refused...: counted per reason, never raised)."""
+        try:
+            sock.sendmsg([reply], anc, 0, peer)
+        except InterruptedError:
+            return False
+        except OSError as exc:
+            if exc.errno in RETRY_ERRNOS:
+                return False
+            self._drop(errno.errorcode.get(exc.errno, str(exc.errno)))
+            return True
+        self.stats["udp_tx"] += 1
+        return True
+
+    def _set_write_interest(self, out: _UdpOut, want: bool) -> None:
+        if out.want_write != want:
+            out.want_write = want
+            try:
+                self.sel.modify(out.sock, selectors.EVENT_READ | (selectors.EVENT_WRITE if want else 0), ("udp", out))
+            except (KeyError, ValueError):
+                pass
+
+    def _drain(self, out: _UdpOut, now: float | None = None) -> None:
+        """Send backlogged replies, oldest first, until the buffer is full again; drop stale ones."""
+        now = time.monotonic() if now is None else now
+        while out.backlog:
+            t, reply, anc, peer = out.backlog[0]
+            if now - t > UDP_BACKLOG_MAX_AGE:
+                self._drop("backlog_stale")
+            elif not self._try_send(out.sock, reply, anc, peer):
+                break
+            out.backlog.popleft()
+            out.per_dst[peer[0]] -= 1
+            if out.per_dst[peer[0]] <= 0:
+                del out.per_dst[peer[0]]
+        self.stats["udp_backlog"] = sum(len(o.backlog) for o in self.udp_outs)
+        self._set_write_interest(out, bool(out.backlog))
+
+    def _send(self, out: _UdpOut, reply: bytes, anc: list, peer) -> None:
+        """Reply now, or queue the reply (bounded) when the send buffer is full."""
+        now = time.monotonic()
+        if out.backlog:
+            self._drain(out, now)
+        if not out.backlog and self._try_send(out.sock, reply, anc, peer):
+            return
+        if out.per_dst[peer[0]] >= UDP_BACKLOG_PER_DST:
+            self._drop("backlog_dst_full")  # one destination never takes the whole backlog
+            return
+        if len(out.backlog) >= UDP_BACKLOG_MAX // max(1, len(self.udp_outs)):
+            _t, _r, _a, old = out.backlog.popleft()
+            out.per_dst[old[0]] -= 1
+            if out.per_dst[old[0]] <= 0:
+                del out.per_dst[old[0]]
+            self._drop("backlog_full")
+        out.backlog.append((now, reply, anc, peer))
+        out.per_dst[peer[0]] += 1
+        self.stats["udp_tx_deferred"] += 1
+        backlog = sum(len(o.backlog) for o in self.udp_outs)
+        self.stats["udp_backlog"] = backlog
+        self.stats["udp_backlog_max"] = max(self.stats["udp_backlog_max"], backlog)
+        self._set_write_interest(out, True)
+
+    def _udp(self, out: _UdpOut):
+        sock, fam = out.sock, out.fam
         for _ in range(256):  # drain, bounded per wakeup
             try:
                 data, anc, _flags, peer = sock.recvmsg(MAX_LINE, 256)
             except (BlockingIOError, InterruptedError):
                 return
-            except OSError:
+            except OSError:  # a pending socket error: reported once, the next read goes on
+                self.stats["udp_rx_errors"] += 1
                 return
             self.stats["udp_rx"] += 1
             dst, ifindex, pktinfo = None, 0, None
@@ -223,10 +345,7 @@ class Reflector:
             if dst is None:
                 dst = sock.getsockname()[0]
             reply = make_reply(data, peer[0], peer[1], dst, self.port, "udp")
-            try:
-                sock.sendmsg([reply], [pktinfo] if pktinfo else [], 0, peer)
-            except OSError:
-                pass
+            self._send(out, reply, [pktinfo] if pktinfo else [], peer)
             if self.log.path:
                 key = (peer[0], peer[1], dst)
                 if key in self.udp_seen:
@@ -328,7 +447,7 @@ class Reflector:
     # ---- loop --------------------------------------------------------------------------
     def serve(self, lifetime: float = 0.0) -> None:
         end = time.monotonic() + lifetime if lifetime > 0 else None
-        last_flush = time.monotonic()
+        last_flush = last_stats = time.monotonic()
         while not self.stopping:
             timeout = 0.05 if self.log.dirty else 1.0
             if end is not None:
@@ -339,7 +458,10 @@ class Reflector:
             for key, mask in events:
                 kind, extra = key.data
                 if kind == "udp":
-                    self._udp(key.fileobj, extra)
+                    if mask & selectors.EVENT_WRITE:
+                        self._drain(extra)
+                    if mask & selectors.EVENT_READ:
+                        self._udp(extra)
                 elif kind == "tcp":
                     self._tcp(extra, mask)
                 elif kind == "listen":
@@ -354,7 +476,29 @@ class Reflector:
             if self.log.dirty and (now - last_flush > 0.2 or not events):
                 self.log.flush()  # promptly when idle, at most 5 times a second under load
                 last_flush = now
+            if now - last_stats >= 1.0:
+                for out in self.udp_outs:
+                    if out.backlog:  # drops stale replies even when the socket never gets writable
+                        self._drain(out, now)
+                self.write_stats()
+                last_stats = now
         self.close()
+
+    def write_stats(self) -> None:
+        """Write ``stats`` to STATE_DIR/stats.json (atomically) when it changed."""
+        if not self.stats_path:
+            return
+        text = json.dumps(self.stats, sort_keys=True)
+        if text == self._stats_written:
+            return
+        try:
+            tmp = self.stats_path + ".tmp"
+            with open(tmp, "w", encoding="utf-8") as fh:
+                fh.write(text + "\n")
+            os.replace(tmp, self.stats_path)
+            self._stats_written = text
+        except OSError:
+            pass
 
     def close(self):
         for c in list(self.conns.values()):
@@ -366,7 +510,9 @@ class Reflector:
                 pass
             s.close()
         self.socks = []
+        self.udp_outs = []
         self.log.close()
+        self.write_stats()
 
 
 def _alive(pid: int) -> bool:

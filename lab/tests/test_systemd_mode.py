@@ -1,7 +1,8 @@
 """The lab's systemd mode and the watchdog's systemd unit (issue 5), in a real container.
 
 One site, two uplinks, ``systemd: true``: the gateway boots the cached Debian rootfs under
-systemd-nspawn inside its network namespace (lab name ``mws``). The test
+systemd-nspawn inside its network namespace (lab name ``mws``, or ``$MWTEST_SYSTEMD_LAB``; the
+hard-reboot test uses that name + ``2``). The test
 
 * checks the container (init pid in the pidfile, ``systemctl is-system-running``), reaches it
   through Ansible's nsenter connection (``systemd_service``, ``command``);
@@ -11,8 +12,9 @@ systemd-nspawn inside its network namespace (lab name ``mws``). The test
 * fails uplink isp1 upstream -> isp1 leaves the default nexthop group; ``kill -9`` -> systemd
   restarts the watchdog, isp1 stays out; restore -> isp1 back;
 * reports ``systemd-analyze security`` for the unit (and bounds it);
-* reboots the container (``systemctl reboot``): the watchdog comes back by itself and rebuilds
-  the routing it owns from its config, with no Ansible run;
+* reboots the container (``systemctl reboot``): the supervisor resets the namespace (no
+  nexthops, no routes but connected ones, default rules; see test_reboot_reset.py), the watchdog
+  comes back by itself and rebuilds the routing it owns from its config, with no Ansible run;
 * tears down and asserts nothing is left (processes, namespaces, mounts, dirs).
 
 The first run on a machine builds the rootfs (debootstrap, a few minutes); later runs reuse it.
@@ -35,7 +37,9 @@ import pytest
 from conftest import needs_root
 
 REPO = Path(__file__).resolve().parents[2]
-LAB = "mws"
+LAB = os.environ.get("MWTEST_SYSTEMD_LAB", "mws")
+LAB2 = LAB + "2" if len(LAB) < 5 else LAB[:4] + "2"  # the hard-reboot test's own lab
+TIMINGS_FILE = Path("/run/mwlab-systemd-timings.json" if LAB == "mws" else f"/run/mwlab-systemd-timings-{LAB}.json")
 GROUP = 0x6E000001
 NH = {"isp1": 0x6D000000 + 101, "isp2": 0x6D000000 + 102}
 TARGETS = ["198.18.0.1", "198.18.0.2", "198.18.0.3"]
@@ -97,7 +101,7 @@ def slab():
     st = lab.load_state()
     TIMINGS["rootfs_build_s"] = st["rootfs"]["build_seconds"]
     TIMINGS["boot_s"] = st["boot_seconds"]["s1"]
-    inv_dir = Path(tempfile.mkdtemp(prefix="mws-inv-"))
+    inv_dir = Path(tempfile.mkdtemp(prefix=f"{LAB}-inv-"))
     (inv_dir / "inventory.yml").write_text(lab.inventory_yaml())
     try:
         yield lab, inv_dir / "inventory.yml"
@@ -108,7 +112,7 @@ def slab():
         subprocess.run(["rm", "-rf", str(inv_dir)], check=False)
         print("\nsystemd-mode timings:", json.dumps(TIMINGS))
         try:
-            Path("/run/mwlab-systemd-timings.json").write_text(json.dumps(TIMINGS, indent=1) + "\n")
+            TIMINGS_FILE.write_text(json.dumps(TIMINGS, indent=1) + "\n")
         except OSError:
             pass
 
@@ -120,8 +124,10 @@ def gw(lab, cmd, check=True, input=None, timeout=30):
     return p
 
 
-def ansible(inv, module, args, check=True):
+def ansible(inv, module, args, check=True, extra_vars=None):
     argv = [ansible_bin("ansible"), "-i", str(inv), "s1", "-m", module, "-a", args]
+    if extra_vars:
+        argv += ["-e", json.dumps(extra_vars)]
     p = subprocess.run(argv, capture_output=True, text=True, env=ansible_env(), timeout=120)
     if check and p.returncode != 0:
         raise AssertionError(f"ansible -m {module} -a {args!r} failed:\n{p.stdout}\n{p.stderr}")
@@ -203,7 +209,12 @@ def test_watchdog_unit_failover_restart_reboot(slab):
     gw(lab, "systemctl start mwtest-rules.service")
     gw(lab, f"python3 {LIBDIR}/multiwan watchdog --check --config /etc/multiwan/watchdog.json")
     src = REPO / "roles/gateway/templates/multiwan-watchdog.service.j2"
-    ansible(inv, "ansible.builtin.template", f"src={src} dest=/etc/systemd/system/multiwan-watchdog.service mode=0644")
+    # the variables the role's watchdog stage gives the template (roles/gateway/vars/main.yml)
+    unit_vars = {"multiwan_watchdog_python": "/usr/bin/python3", "multiwan_watchdog_libdir": LIBDIR,
+                 "__gateway_metrics_file": "",
+                 "item": {"config_file": "/etc/multiwan/watchdog.json", "config": watchdog_config()}}
+    ansible(inv, "ansible.builtin.template", f"src={src} dest=/etc/systemd/system/multiwan-watchdog.service mode=0644",
+            extra_vars=unit_vars)
     unit = gw(lab, "cat /etc/systemd/system/multiwan-watchdog.service").stdout
     assert f"ExecStart=/usr/bin/python3 {LIBDIR}/multiwan watchdog --config /etc/multiwan/watchdog.json" in unit
     verify = gw(lab, "systemd-analyze verify /etc/systemd/system/multiwan-watchdog.service", check=False)
@@ -275,13 +286,13 @@ def test_watchdog_unit_failover_restart_reboot(slab):
 
 
 def test_hard_reboot_and_teardown_leave_nothing():
-    """Own lab (mws2): a hard reboot (SIGKILL of init) boots again; a crashed supervisor is
-    cleaned up by down; down twice is fine; nothing is left."""
+    """Own lab (LAB2, default mws2): a hard reboot (SIGKILL of init) boots again; a crashed
+    supervisor is cleaned up by down; down twice is fine; nothing is left."""
     from mwlab import Lab, Topology
     from mwlab.netns import proc_cmdline
 
-    lab = Lab("mws2")
-    lab.up(Topology.from_dict(TOPOLOGY, lab="mws2"))
+    lab = Lab(LAB2)
+    lab.up(Topology.from_dict(TOPOLOGY, lab=LAB2))
     try:
         old = int(lab.pidfile("s1").read_text())
         took = lab.reboot("s1", hard=True)
@@ -295,14 +306,14 @@ def test_hard_reboot_and_teardown_leave_nothing():
     finally:
         lab.down()
         lab.down()
-    assert not [n for n in os.listdir("/run/netns") if n.startswith("mws2-")]
-    assert not Path("/var/lib/mwlab/mws2").exists() and not Path("/run/mwlab/mws2").exists()
+    assert not [n for n in os.listdir("/run/netns") if n.startswith(f"{LAB2}-")]
+    assert not Path(f"/var/lib/mwlab/{LAB2}").exists() and not Path(f"/run/mwlab/{LAB2}").exists()
     left = []
     for d in os.listdir("/proc"):
         if d.isdigit():
             cmd = "\0".join(proc_cmdline(int(d)))
-            if "--machine=mws2-" in cmd or "/run/mwlab/mws2/" in cmd:
+            if f"--machine={LAB2}-" in cmd or f"/run/mwlab/{LAB2}/" in cmd:
                 left.append((d, cmd))
     assert not left, left
     with open("/proc/self/mountinfo") as f:
-        assert not [line for line in f if "/mwlab/mws2" in line]
+        assert not [line for line in f if f"/mwlab/{LAB2}" in line]

@@ -24,6 +24,7 @@ from collections.abc import Mapping
 
 from ansible.errors import AnsibleFilterError
 from ansible_collections.multiwan.linux.plugins.filter.multiwan_validate import multiwan_problems
+from ansible_collections.multiwan.linux.plugins.module_utils import _watchdog as watchdog_core
 
 PLAN_VERSION = 1
 PROTOCOL = 109                       # route/rule/nexthop protocol tag "multiwan" (0x6d)
@@ -53,7 +54,7 @@ FAMILIES = ("inet", "inet6")
 HASH_POLICY = "3"
 HASH_FIELDS = "0x0037"
 # multiwan_watchdog keys the plan owns; anything else is passed to the watchdog config as is.
-WATCHDOG_OWNED = ("group", "uplinks", "state_file", "protocol")
+WATCHDOG_OWNED = ("group", "uplinks", "state_file", "protocol", "rules")
 
 
 def _family(version):
@@ -147,9 +148,16 @@ def _group_route(family, uplinks):
             "metric": DEFAULT_METRIC[family], "group_id": GROUP_ID[family], "nexthops": hops}
 
 
-def _watchdog(family, uplinks, settings):
+def _rule_family(rule):
+    address = rule.get("from") or rule.get("to")
+    return _family(ipaddress.ip_network(address, strict=False).version)
+
+
+def _watchdog(family, uplinks, settings, rules):
     config = dict((k, copy.deepcopy(v)) for k, v in settings.items() if k not in WATCHDOG_OWNED)
     config.update({
+        # restored by the watchdog at start (a reboot), never removed by it
+        "rules": [dict(rule, family=family) for rule in rules if _rule_family(rule) == family],
         "state_file": STATE_FILE[family],
         "protocol": PROTOCOL,
         "group": {"id": GROUP_ID[family], "family": family, "table": MAIN_TABLE, "destination": "default",
@@ -162,6 +170,7 @@ def _watchdog(family, uplinks, settings):
                 "probe_targets": list(up.probe_targets), "routes": up.own_routes()}
         if up.gateway is not None:
             item["gateway"] = up.gateway
+        item.update(copy.deepcopy(up.raw.get("watchdog") or {}))  # per-uplink overrides (timeout, ...)
         config["uplinks"].append(item)
     return config
 
@@ -228,8 +237,16 @@ def multiwan_plan(data, host=None):
             item["snat_address"] = up.address
         nat["uplinks"].append(item)
 
-    watchdog = dict((family, _watchdog(family, [up for up in uplinks if up.family == family], settings))
+    watchdog = dict((family, _watchdog(family, [up for up in uplinks if up.family == family], settings, rules))
                     for family in families)
+    for family, config in watchdog.items():
+        # The daemon's own check, on the controller: a config it would refuse stops the run here,
+        # before anything on the gateway changed.
+        try:
+            watchdog_core.load_config(copy.deepcopy(config))
+        except watchdog_core.ConfigError as exc:
+            raise AnsibleFilterError("%s: the %s watchdog config computed from multiwan_watchdog and multiwan_uplinks "
+                                     "is refused by the watchdog: %s" % (host, family, exc))
 
     return {
         "version": PLAN_VERSION,
@@ -248,7 +265,7 @@ def multiwan_plan(data, host=None):
         "table_routes": table_routes,
         "main_routes": main_routes,
         "route_tables": sorted(set(up.table for up in uplinks)) + [MAIN_TABLE_ID],
-        "health_state_file": STATE_FILE["inet"] if "inet" in families else STATE_FILE["inet6"],
+        "health_state_file": [STATE_FILE[family] for family in families],
         "nat": nat,
         "watchdog": watchdog.get("inet"),
         "watchdog6": watchdog.get("inet6"),

@@ -18,11 +18,12 @@ import re
 from collections.abc import Mapping
 
 from ansible.errors import AnsibleFilterError
+from ansible_collections.multiwan.linux.plugins.module_utils import _watchdog
 
 # Field names of one uplink; anything else is refused (a typo such as "gatway" would otherwise
 # silently turn an uplink into a device-only one).
 UPLINK_FIELDS = ("name", "interface", "address", "gateway", "peer", "table", "weight",
-                 "probe_targets", "routes", "nat")
+                 "probe_targets", "routes", "nat", "watchdog")
 UPLINK_REQUIRED = ("name", "interface", "address", "table", "probe_targets")
 
 NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,31}$")
@@ -464,6 +465,39 @@ def _check_routes(chk, up, value):
         up.routes.append((pos, net))
 
 
+# Watchdog settings an inventory may give (the role computes the rest: group, uplinks, state file,
+# protocol). The watchdog's own checks (module_utils/_watchdog.py) judge the values, so the
+# controller and the daemon never disagree on what is valid.
+WATCHDOG_SETTINGS = tuple(sorted(set(_watchdog.DEFAULTS) - {"state_file", "protocol"}))
+WATCHDOG_STRINGS = ("hooks_dir", "metrics_file", "conntrack")
+WATCHDOG_OWNED = ("group", "uplinks", "state_file", "protocol", "rules")
+
+
+def _check_watchdog(chk, path, value, allowed):
+    if not isinstance(value, Mapping):
+        chk.error(path, "must be a mapping of watchdog settings, got %s %s" % (_type_name(value), _show(value)))
+        return
+    for key in value:
+        if key in WATCHDOG_OWNED:
+            chk.error("%s.%s" % (path, key), "is computed by the role (from multiwan_uplinks and docs/design.md); "
+                      "leave it out")
+        elif key not in allowed:
+            close = difflib.get_close_matches(str(key), allowed, n=1)
+            hint = " (did you mean %s?)" % close[0] if close else ""
+            chk.error("%s.%s" % (path, key), "unknown setting%s; known settings: %s" % (hint, ", ".join(allowed)))
+    for key in WATCHDOG_STRINGS:
+        if key in value and value[key] is not None and not _is_str(value[key]):
+            chk.error("%s.%s" % (path, key), "must be a string, got %s %s" % (_type_name(value[key]), _show(value[key])))
+        elif key in ("hooks_dir", "metrics_file") and value.get(key) and not str(value[key]).startswith("/"):
+            chk.error("%s.%s" % (path, key), "must be an absolute path, got %s" % _show(value[key]))
+    numbers = dict((k, v) for k, v in value.items() if k in allowed and k not in WATCHDOG_STRINGS)
+    for key in sorted(numbers):
+        try:
+            _watchdog.check_settings({key: numbers[key]}, "", partial=True)
+        except _watchdog.ConfigError as exc:
+            chk.error("%s.%s" % (path, key), str(exc).split(": ", 1)[-1])
+
+
 def _check_uplink(chk, index, value):
     up = _Uplink(index)
     if not isinstance(value, Mapping):
@@ -497,6 +531,8 @@ def _check_uplink(chk, index, value):
         _check_peer(chk, up, present["peer"], "gateway" in present)
     if "table" in present:
         _check_table(chk, up, present["table"])
+    if "watchdog" in present:
+        _check_watchdog(chk, up.field("watchdog"), present["watchdog"], _watchdog.PER_UPLINK)
     if "weight" in present:
         _check_weight(chk, up, present["weight"])
     if "nat" in present:
@@ -627,9 +663,8 @@ def multiwan_problems(data, host=None, severity="error"):
 
     lans = _check_lan_networks(chk, data.get("multiwan_lan_networks"))
 
-    watchdog = data.get("multiwan_watchdog")
-    if watchdog is not None and not isinstance(watchdog, Mapping):
-        chk.error("multiwan_watchdog", "must be a mapping, got %s %s" % (_type_name(watchdog), _show(watchdog)))
+    if data.get("multiwan_watchdog") is not None:
+        _check_watchdog(chk, "multiwan_watchdog", data["multiwan_watchdog"], WATCHDOG_SETTINGS)
 
     value = data.get("multiwan_uplinks")
     uplinks = []
@@ -648,7 +683,23 @@ def multiwan_problems(data, host=None, severity="error"):
                 uplinks.append(up)
         _check_uniques(chk, uplinks)
         _check_cross(chk, uplinks, lans)
+        _check_min_targets(chk, uplinks, value, data.get("multiwan_watchdog"))
     return chk.render(severity)
+
+
+def _check_min_targets(chk, uplinks, raw_uplinks, settings):
+    """Each uplink needs at least ``min_targets_up`` probe targets (its own setting or the global one)."""
+    settings = settings if isinstance(settings, Mapping) else {}
+    for up in uplinks:
+        raw = raw_uplinks[up.index] if isinstance(raw_uplinks[up.index], Mapping) else {}
+        own = raw.get("watchdog") if isinstance(raw.get("watchdog"), Mapping) else {}
+        if "min_targets_up" in own:
+            path, wanted = up.field("watchdog.min_targets_up"), own["min_targets_up"]
+        else:
+            path, wanted = "multiwan_watchdog.min_targets_up", settings.get("min_targets_up", 1)
+        if isinstance(wanted, int) and not isinstance(wanted, bool) and up.probe_targets \
+                and wanted > len(up.probe_targets):
+            chk.error(path, "%d is more than the %d probe_targets of %s" % (wanted, len(up.probe_targets), up.describe()))
 
 
 class FilterModule(object):

@@ -293,6 +293,67 @@ class RulePlan(Plan):
     """What :func:`plan_rules` decided."""
 
 
+def _rule_number(value, field, limit=0xFFFFFFFF):
+    try:
+        number = int(str(value), 0)
+    except ValueError:
+        raise ValueError("%s: %r is not a number" % (field, value))
+    if not 0 <= number <= limit:
+        raise ValueError("%s: %r is out of range" % (field, value))
+    return number
+
+
+def canonical_rule(item, names, default_protocol, where):
+    """Canonical rule dict (see :func:`parse_rule`) from ip_rule-style options; ValueError names the bad field.
+
+    ip_rule and the watchdog (its config's ``rules``, restored at start) both build rules here.
+    """
+    try:
+        if item.get("priority") is None:
+            raise ValueError("priority is required")
+        _rule_number(item["priority"], "priority")
+        family = item.get("family")
+        for field in ("from", "to"):
+            if item.get(field) not in (None, "all") and family is None:
+                family = family_of(item[field])
+        family = family or "inet"
+        rule = {"family": family, "priority": item["priority"], "state": item.get("state") or "present"}
+        for field in ("from", "to"):
+            try:
+                rule[field] = normalize_prefix(item[field], family, default_word=False) if item.get(field) else None
+            except ValueError as exc:
+                raise ValueError("%s: %s" % (field, exc))
+        rule["fwmark"] = _rule_number(item["fwmark"], "fwmark") if item.get("fwmark") is not None else None
+        if item.get("fwmask") is not None and rule["fwmark"] is None:
+            raise ValueError("fwmask needs fwmark")
+        rule["fwmask"] = (_rule_number(item["fwmask"], "fwmask") if item.get("fwmask") is not None else 0xFFFFFFFF) \
+            if rule["fwmark"] is not None else None
+        rule["iif"] = item.get("iif") or None
+        rule["oif"] = item.get("oif") or None
+        rule["action"] = item.get("action") or "lookup"
+        if rule["action"] == "lookup":
+            if item.get("table") is None and rule["state"] == "present":
+                raise ValueError("table is required for action lookup")
+            try:
+                rule["table"] = names.table(item["table"]) if item.get("table") is not None else None
+            except ValueError as exc:
+                raise ValueError("table: %s" % exc)
+        elif item.get("table") is not None:
+            raise ValueError("table only goes with action lookup, not %s" % rule["action"])
+        else:
+            rule["table"] = None
+        rule["suppress_prefixlength"] = item.get("suppress_prefixlength")
+        if rule["suppress_prefixlength"] is not None and not 0 <= rule["suppress_prefixlength"] <= 128:
+            raise ValueError("suppress_prefixlength: %s is out of range 0..128" % rule["suppress_prefixlength"])
+        try:
+            rule["protocol"] = names.protocol(item.get("protocol") or default_protocol)
+        except ValueError as exc:
+            raise ValueError("protocol: %s" % exc)
+        return rule
+    except ValueError as exc:
+        raise ValueError("%s: %s" % (where, exc))
+
+
 def plan_rules(live_rules, desired_rules, protocol=DEFAULT_PROTOCOL, purge=False, purge_priority_range=None):
     """Plan rule changes.
 
@@ -541,9 +602,13 @@ def plan_routes(state, desired_routes, protocol=DEFAULT_PROTOCOL, use_objects=Tr
     members marked down.  Returns a :class:`RoutePlan` whose lines are ordered so that a route
     never disappears: member objects, then groups, then routes, then deletions.
 
-    Unusable devices: a multipath member needs its device up with carrier (the kernel refuses
-    nexthop objects otherwise and deletes them on carrier loss); it is left out with a warning,
-    and only a route without any usable member fails.  A one-nexthop route is left out with a
+    With ``use_objects`` a route of several nexthops, or of one nexthop and a ``group_id``, is a
+    nexthop group (members as nexthop objects); a one-nexthop route without ``group_id`` is a
+    plain route.
+
+    Unusable devices: a multipath or group member needs its device up with carrier (the kernel
+    refuses nexthop objects otherwise and deletes them on carrier loss); it is left out with a
+    warning, and only a route without any usable member fails.  A plain route is left out with a
     warning when its device is missing or down; without carrier it is still made (the kernel
     accepts it and marks it ``linkdown``).
     """
@@ -583,7 +648,10 @@ def plan_routes(state, desired_routes, protocol=DEFAULT_PROTOCOL, use_objects=Tr
         route["scope"] = want.get("scope")
         recreate = False
         resolved = {"destination": want["destination"], "table": want["table"], "family": family}
-        if len(hops) == 1:
+        # A route with a group_id stays a group with one member: the watchdog swaps the members of
+        # that group, and a route that turned plain whenever one uplink was left would flip between
+        # a plain route and a group (and its nexthop objects would be deleted and made again).
+        if len(hops) == 1 and not (use_objects and want.get("group_id") is not None):
             hop = hops[0]
             if links.get(hop["dev"]) not in ("up", "no-carrier"):
                 # The kernel refuses a route over a missing or administratively down device (a PPP
@@ -785,6 +853,7 @@ class IpRoute(object):
     def __init__(self, runner=None, ip=("ip",)):
         self.runner = runner or subprocess_runner
         self.ip = list(ip)
+        self._nexthops_supported = None  # asked once: the running kernel does not gain or lose it
 
     def _json(self, args, what):
         rc, out, err = self.runner(self.ip + ["-j", "-d", "-N"] + list(args))
@@ -806,8 +875,10 @@ class IpRoute(object):
                 self._json([FAMILY_FLAG[family], "route", "show", "table", str(table)], "%s routes" % family)]
 
     def nexthops_supported(self):
-        rc = self.runner(self.ip + ["-j", "nexthop", "show"])[0]
-        return rc == 0
+        """True when ``ip nexthop`` works here (kernel 5.3+); runs ``ip`` only the first time."""
+        if self._nexthops_supported is None:
+            self._nexthops_supported = self.runner(self.ip + ["-j", "nexthop", "show"])[0] == 0
+        return self._nexthops_supported
 
     def nexthops(self):
         """``{id: nexthop or group}``; empty where the kernel has no nexthop objects."""

@@ -46,6 +46,9 @@ Config file (JSON, rendered by the role; ``multiwan watchdog --config PATH``)::
       "verify_interval": 10,       # s between checks that the live group is what we decided
       "conntrack": "conntrack",    # conntrack command ("" disables the clean-up)
       "protocol": 109,             # route/nexthop protocol tag (docs/design.md)
+      "rules": [                     # optional: policy rules (ip_rule options) added at start and
+        {"priority": 3101, "from": "100.64.1.2", "table": "101"}  # on reload when missing
+      ],                             # (a reboot); never removed by the watchdog
       "group": {"id": 1845493761, "family": "inet", "table": 254, "destination": "default",
                 "metric": 0, "type": "mpath", "buckets": null, "idle_timer": null},
       "uplinks": [
@@ -85,9 +88,26 @@ State file (atomic tmp+rename; ``ip_route``'s ``health_state_file`` reads ``stat
                                                     "loss": 0.02, "sent": 100, "lost": 2,
                                                     "late": 0}}}}}
 
+``group.members`` are the members in the kernel (or about to be: the file is written just
+before a change); ``[]`` with ``group.error`` "no uplink has a usable link ..." when no uplink's
+link can carry a nexthop, so there is no group route until one comes back; ``group.error`` is
+also set while bringing routing in line fails (tried again after 1 s, doubling up to 10 s, or
+``verify_interval`` if that is shorter).
+
 Reasons: ``start`` (assumed up), ``previous`` (kept from a recent state file), ``carrier`` (link
 down or no carrier), ``probes`` (too few targets answered), ``rtt`` (answers slower than
 ``max_rtt_ms``), ``loss`` (loss over the window above ``max_loss_pct``).
+
+Command line (the ``multiwan`` launcher)::
+
+    multiwan watchdog [--config /etc/multiwan/watchdog.json] [--check]
+    multiwan status [--json] [--state-file PATH]
+
+``status`` shows ``--state-file``, or else each family's state file as the role configures them
+(:data:`STATE_FILES`: /run/multiwan/state.json for IPv4, /run/multiwan/state6.json for IPv6)
+that exists; it fails (exit 1) only when none does.  Text: one table per family, each titled
+with its family and file when there are two.  ``--json``: the document when there is one
+(the output of one state file is unchanged), a list of the documents when there are two.
 
 Defaults and why (numbers from :func:`false_failover_probability` and :func:`failover_time`):
 
@@ -138,7 +158,25 @@ DOWN = "down"
 STATE_VERSION = 1
 EWMA_ALPHA = 0.125     # RTT smoothing, as TCP's SRTT
 LATE_LIMIT = 5.0       # s: a reply later than this is forgotten
+RETRY_FIRST = 1.0      # s before a failed reconcile is tried again; doubles per failure ...
+RETRY_LIMIT = 10.0     # ... up to this (or verify_interval, if shorter)
 DEFAULT_STATE_FILE = "/run/multiwan/state.json"
+# The state file of each family's watchdog as the role configures them; ``multiwan status`` reads both.
+STATE_FILES = (("inet", DEFAULT_STATE_FILE), ("inet6", "/run/multiwan/state6.json"))
+
+# Link states: the words of ``_iproute.parse_links``; a device that does not exist has none (None).
+LINK_UP = "up"                  # administratively up with carrier: can carry a nexthop
+LINK_NO_CARRIER = "no-carrier"
+LINK_DOWN = "down"
+
+
+def usable(link_state):
+    """True when a link in ``link_state`` can carry a nexthop (the only test of a link state).
+
+    Link states are words, never booleans: ``down`` and ``no-carrier`` are true as strings.
+    """
+    return link_state == LINK_UP
+
 
 DEFAULTS = {
     "interval": 0.15,
@@ -253,10 +291,11 @@ class Uplink(object):
 
 
 class Config(object):
-    def __init__(self, data, uplinks, group):
+    def __init__(self, data, uplinks, group, rules=()):
         self.data = data
         self.uplinks = uplinks
         self.group = group
+        self.rules = list(rules)
         for key in DEFAULTS:
             setattr(self, key, data[key])
 
@@ -290,6 +329,10 @@ def _check_settings(data, where, partial=False):
         if key in data:
             optional = key in ("max_rtt_ms", "max_loss_pct") or partial
             _number(data, key, where, low, high, integer, optional)
+
+
+# The inventory validation (filter multiwan_problems) judges settings with the same checks.
+check_settings = _check_settings
 
 
 def canonical_route(item, family, names, where):
@@ -378,7 +421,28 @@ def load_config(data, names=None):
     group = dict(group, family=family, table=group_table, destination=_iproute.normalize_prefix(
         group.get("destination", "default"), family), metric=int(group.get("metric") or 0),
         type=group.get("type", "mpath"))
-    return Config(data, uplinks, group)
+    return Config(data, uplinks, group, _config_rules(data.get("rules"), family, names, data["protocol"]))
+
+
+def _config_rules(raw_rules, family, names, protocol):
+    """The config's ``rules`` (ip_rule options, as the role gives them) as canonical rules."""
+    if raw_rules is None:
+        return []
+    if not isinstance(raw_rules, list):
+        raise ConfigError("rules: a list is required")
+    rules = []
+    for index, item in enumerate(raw_rules):
+        where = "rules[%d]" % index
+        if not isinstance(item, dict):
+            raise ConfigError("%s: not an object" % where)
+        try:
+            rule = _iproute.canonical_rule(dict(item, family=item.get("family", family)), names, str(protocol), where)
+        except ValueError as exc:
+            raise ConfigError(str(exc))
+        if rule["family"] != family or rule["state"] != "present":
+            raise ConfigError("%s: only present %s rules belong in this config" % (where, family))
+        rules.append(rule)
+    return rules
 
 
 def read_config(path):
@@ -789,15 +853,27 @@ RTMGRP_LINK = 1
 NLM_F_REQUEST, NLM_F_DUMP = 0x1, 0x300
 
 
-def parse_netlink(data):
-    """Link messages in a netlink datagram: dicts ``type, index, ifname, flags, usable``.
+def link_state(flags):
+    """The link state (``_iproute.parse_links``'s word) of a link with these ``ifi_flags``.
 
-    ``usable`` = administratively up with carrier and operationally up (IFF_UP, IFF_LOWER_UP and
-    IFF_RUNNING).  The kernel needs LOWER_UP to accept a nexthop; ``ip`` prints NO-CARRIER (and
-    ``_iproute.parse_links`` says unusable) until RUNNING, which follows LOWER_UP a moment later
-    (linkwatch).  Waiting for all three keeps this view and the reconcile's view the same.  A
-    deleted link (RTM_DELLINK) is never usable.  NLMSG_DONE and
-    errors come back as ``{"type": "done"}`` / ``{"type": "error", "errno": n}``.
+    ``up`` needs IFF_UP, IFF_LOWER_UP and IFF_RUNNING: the kernel needs LOWER_UP to accept a
+    nexthop; ``ip`` prints NO-CARRIER (and ``parse_links`` says ``no-carrier``) until RUNNING,
+    which follows LOWER_UP a moment later (linkwatch).  Waiting for all three keeps this view and
+    the reconcile's view (``ip link``) the same.
+    """
+    if not flags & IFF_UP:
+        return LINK_DOWN
+    if flags & (IFF_LOWER_UP | IFF_RUNNING) != IFF_LOWER_UP | IFF_RUNNING:
+        return LINK_NO_CARRIER
+    return LINK_UP
+
+
+def parse_netlink(data):
+    """Link messages in a netlink datagram: dicts ``type, index, ifname, flags, state``.
+
+    ``state`` is :func:`link_state` of the flags, or None for a deleted link (RTM_DELLINK): like a
+    device missing from ``ip link``.  NLMSG_DONE and errors come back as ``{"type": "done"}`` /
+    ``{"type": "error", "errno": n}``.
     """
     messages = []
     offset = 0
@@ -822,8 +898,7 @@ def parse_netlink(data):
                     name = body[pos + 4:pos + rta_len].split(b"\x00", 1)[0].decode("utf-8", "replace")
                 pos += (rta_len + 3) & ~3
             messages.append({"type": "new" if kind == RTM_NEWLINK else "del", "index": index, "ifname": name,
-                             "flags": flags, "usable": kind == RTM_NEWLINK and
-                             flags & (IFF_UP | IFF_LOWER_UP | IFF_RUNNING) == IFF_UP | IFF_LOWER_UP | IFF_RUNNING})
+                             "flags": flags, "state": link_state(flags) if kind == RTM_NEWLINK else None})
         offset += (length + 3) & ~3
     return messages
 
@@ -1054,6 +1129,43 @@ class Round(object):
         self.waiting = set(targets)
 
 
+class Retry(object):
+    """When to try a failing action again: ``first`` s after the first failure of a streak, then
+    twice as long after each further failure, up to the ``limit`` given with the failure; a success
+    ends the streak.  Pure: the caller passes the (monotonic) time."""
+
+    def __init__(self, first):
+        self.first = first
+        self.failures = 0      # failed attempts in the current streak
+        self.delay = None      # s from the last failure to the next attempt
+        self.next_try = None   # time of the next attempt; None: whenever asked
+
+    def failed(self, now, limit):
+        """Count a failure; returns the delay before the next attempt."""
+        self.failures += 1
+        self.delay = min(self.first if self.delay is None else self.delay * 2.0, max(limit, self.first))
+        self.next_try = now + self.delay
+        return self.delay
+
+    def succeeded(self):
+        """End the streak; returns how many attempts of it had failed."""
+        failures = self.failures
+        self.failures, self.delay, self.next_try = 0, None, None
+        return failures
+
+    def due(self, now):
+        return self.next_try is None or now >= self.next_try
+
+
+def forget_expired(pending, now):
+    """Drop the probes of ``pending`` (in send order) sent more than LATE_LIMIT before ``now``."""
+    while pending:
+        seq, (dummy, dummy2, sent) = next(iter(pending.items()))
+        if now - sent <= LATE_LIMIT:
+            break  # the rest were sent later
+        del pending[seq]
+
+
 class Daemon(object):
     """The watchdog process: probe loop, link events, group updates, files, hooks."""
 
@@ -1066,19 +1178,22 @@ class Daemon(object):
         self.core = None
         self.selector = selectors.DefaultSelector()
         self.sockets = {}      # uplink name -> ProbeSocket
-        self.pending = {}      # uplink name -> {seq: (Round, target, sent time)}
+        self.pending = {}      # uplink name -> OrderedDict {seq: (Round, target, sent time)}, in send order
         self.open_rounds = {}  # uplink name -> deque of Round
         self.seq = {}
         self.round_number = 0
         self.children = Children()
-        self.applied = None    # member names last applied to the group
+        self.applied = None    # member names last applied to the group ([]: there is no group)
         self.group_error = None
-        self.links = {}        # interface -> usable, from netlink
+        self.links = {}        # interface -> link state (see usable()), from netlink
+        self.links_complete = False  # the link dump was answered: a device not in links does not exist
         self.netlink = None
         self.stop = False
         self.reload = False
         self.need_reconcile = True
-        self.dirty = True
+        self.retry = Retry(RETRY_FIRST)  # of a failed reconcile, by the main loop
+        self.dirty = True      # decisions changed since the state file was written
+        self.written_group = None  # (members, error) the state file shows
         self.wakeup = None
 
     # setup -------------------------------------------------------------------------------
@@ -1114,11 +1229,12 @@ class Daemon(object):
         self.core = Core(self.config, now, previous, old_machines)
         for name, machine in self.core.machines.items():
             uplink = self.config.uplink(name)
-            if uplink.interface in self.links:
-                machine.link(now, self.links[uplink.interface])
+            # a device missing from a complete dump does not exist (a PPP link between sessions)
+            if self.links_complete or uplink.interface in self.links:
+                machine.link(now, usable(self.links.get(uplink.interface)))
         for index, uplink in enumerate(self.config.uplinks):
             self.sockets[uplink.name] = ProbeSocket(uplink, (os.getpid() * 16 + index) & 0xFFFF)
-            self.pending[uplink.name] = {}
+            self.pending[uplink.name] = collections.OrderedDict()
             self.open_rounds[uplink.name] = collections.deque()
             self.seq.setdefault(uplink.name, 0)
 
@@ -1131,14 +1247,15 @@ class Daemon(object):
 
     # routing -----------------------------------------------------------------------------
     def desired_routes(self, links):
-        """Routes to bring in line: each uplink's own routes over usable devices, and the group."""
+        """Routes to bring in line: each uplink's own routes over usable devices, and the group
+        route over the usable uplinks (none when no uplink is usable: a group needs a member)."""
         desired = []
         for uplink in self.config.uplinks:
             for route in uplink.routes:
-                if all(links.get(h["dev"]) for h in route["nexthops"]):
+                if all(usable(links.get(h["dev"])) for h in route["nexthops"]):
                     desired.append(copy.deepcopy(route))
         group = self.config.group
-        hops = [u.group_hop() for u in self.config.uplinks if links.get(u.interface)]
+        hops = [u.group_hop() for u in self.config.uplinks if usable(links.get(u.interface))]
         if hops:
             desired.append({"family": group["family"], "table": group["table"], "destination": group["destination"],
                             "metric": group["metric"], "type": "unicast", "scope": None, "src": None,
@@ -1147,8 +1264,41 @@ class Daemon(object):
                             "idle_timer": group.get("idle_timer")})
         return desired
 
-    def reconcile(self):
-        """Bring routes, nexthop objects and the group in line with the config and decisions."""
+    def planned_members(self, plan):
+        """Names of the uplinks ``plan`` puts in the group ([] when it plans no group route)."""
+        ids = set()
+        for resolved in plan.routes:
+            if resolved.get("group_id") == self.config.group["id"]:
+                ids.update(member["id"] for member in resolved["members"])
+        return [u.name for u in self.config.uplinks if u.nexthop_id in ids]
+
+    def restore_rules(self):
+        """Add the config's policy rules that are missing (at start and on reload only).
+
+        After a reboot the kernel has none of the role's rules; the watchdog puts them back with
+        the ip_rule code (Contract 1). It never deletes a rule: removing rules is the role's job
+        (ip_rule purge), and doing it here, on an old config during a playbook run, could undo
+        the role's work. Not repeated on verify for the same reason.
+        """
+        if not self.config.rules:
+            return True
+        try:
+            live = self.iproute.rules(self.config.group["family"])
+            plan = _iproute.plan_rules(live, self.config.rules, self.config.protocol)
+            missing = [line for line in plan.lines if line.text.startswith("rule add")]
+            if missing:
+                self.iproute.apply(missing)
+                log("policy rules restored: %s" % "; ".join(line.about for line in missing))
+        except (_iproute.IpRouteError, ValueError, OSError) as exc:
+            log("restoring the policy rules failed: %s" % exc)
+            return False
+        return True
+
+    def reconcile(self, now_wall):
+        """Bring routes, nexthop objects and the group in line with the config and decisions.
+
+        On failure ``need_reconcile`` is set and the main loop tries again when ``retry`` says.
+        """
         names, dummy = self.core.members()
         health = {"ids": set(u.nexthop_id for u in self.config.uplinks if u.name not in names), "devs": set()}
         try:
@@ -1159,42 +1309,61 @@ class Daemon(object):
             for route in desired:
                 route["protocol"] = self.config.protocol
             plan = _iproute.plan_routes(state, desired, self.config.protocol, True, health)
+            members = self.planned_members(plan)
             if plan.lines:
+                self.write_files(now_wall, members)  # Contract 2: the file says it before the kernel does
                 self.iproute.apply(plan.lines)
                 log("routing brought in line: %s" % "; ".join(line.text for line in plan.lines))
         except (_iproute.IpRouteError, ValueError, OSError) as exc:
+            delay = self.retry.failed(self.clock(), min(self.config.verify_interval or RETRY_LIMIT, RETRY_LIMIT))
+            if self.retry.failures == 1:  # once per streak, not per attempt
+                log("reconcile failed: %s; trying again in %g s, then less often" % (exc, delay))
             self.group_error = "reconcile failed: %s" % exc
-            log(self.group_error)
+            self.need_reconcile = True
             return False
-        self.applied = [u.name for u in self.config.uplinks if u.name in names and links.get(u.interface)]
-        self.group_error = None
-        self.need_reconcile = False
+        failures = self.retry.succeeded()
+        if failures:
+            log("routing in line again after %d failed attempt%s" % (failures, "" if failures == 1 else "s"))
+        error = None
+        if not members:
+            group = self.config.group
+            error = ("no uplink has a usable link: no route %s in table %s until one comes back"
+                     % (group["destination"], group["table"]))
+            if error != self.group_error:
+                log(error)
+        self.applied, self.group_error, self.need_reconcile = members, error, False
         return True
 
-    def sync_group(self, now):
-        """Swap the group's members when the decision changed: one atomic ``ip nexthop replace``."""
+    def set_members(self, now_wall, members, all_down):
+        """The fast path: swap the group's members with one atomic ``ip nexthop replace``."""
+        group_id = self.config.group["id"]
+        line = _iproute.Line(_iproute.set_group_members(
+            group_id, [(u.nexthop_id, u.weight) for u in self.config.uplinks if u.name in members],
+            self.config.protocol, self.config.group["type"]), "nexthop group %d" % group_id)
+        self.write_files(now_wall, members)  # Contract 2: the file says it before the kernel does
+        try:
+            self.iproute.apply([line])
+        except _iproute.IpRouteError as exc:
+            log("group update failed (%s); bringing routing in line" % exc)
+            self.reconcile(now_wall)
+            return
+        self.applied, self.group_error = members, None
+        log("group %d: %s%s" % (group_id, ", ".join(members), " (all uplinks down: all kept)" if all_down else ""))
+
+    def sync_group(self, now_wall):
+        """Bring the group in line with the decision, then the state file if it lags behind."""
         names, all_down = self.core.members()
         before = self.applied
         if self.need_reconcile or before is None:
-            self.write_files(now)  # Contract 2: the file says it before the kernel does
-            self.reconcile()
-        elif names != before:
-            self.write_files(now)
-            members = [(u.nexthop_id, u.weight) for u in self.config.uplinks if u.name in names]
-            line = _iproute.Line(_iproute.set_group_members(self.config.group["id"], members, self.config.protocol,
-                                                            self.config.group["type"]),
-                                 "nexthop group %d" % self.config.group["id"])
-            try:
-                self.iproute.apply([line])
-                self.applied = list(names)
-                self.group_error = None
-                log("group %d: %s%s" % (self.config.group["id"], ", ".join(names),
-                                        " (all uplinks down: all kept)" if all_down else ""))
-            except _iproute.IpRouteError as exc:
-                log("group update failed (%s); bringing routing in line" % exc)
-                self.reconcile()
+            self.reconcile(now_wall)
         else:
-            return
+            # only members over a usable link: the kernel deleted the nexthop objects of the others
+            members = [u.name for u in self.config.uplinks if u.name in names and usable(self.links.get(u.interface))]
+            if members != before:
+                if members and before:
+                    self.set_members(now_wall, members, all_down)
+                else:  # no group route to swap members in, or none to give it: only reconcile knows
+                    self.reconcile(now_wall)
         if before is not None and self.config.conntrack:
             for name in before:
                 if name not in (self.applied or names):
@@ -1202,7 +1371,13 @@ class Daemon(object):
                     if uplink is not None:
                         self.children.spawn(conntrack_command(self.config.conntrack, uplink), 10.0,
                                             "conntrack clean-up of %s" % name, self.clock())
-        self.dirty = True
+        if self.dirty or self.written_group != (self.applied, self.group_error):
+            self.write_files(now_wall)
+
+    def retry_reconcile(self, now):
+        """The main loop's retry of a failed reconcile: when ``retry`` says, not on every wake-up."""
+        if self.need_reconcile and self.retry.due(now):
+            self.sync_group(self.wall())
 
     def verify(self):
         """Every ``verify_interval``: bring routing in line again (plans nothing when it is).
@@ -1210,26 +1385,28 @@ class Daemon(object):
         Repairs what others changed behind us, e.g. a playbook run that read the state file
         just before a transition and put a dead uplink back.
         """
-        self.reconcile()
+        self.need_reconcile = True
+        self.sync_group(self.wall())
 
     # events ------------------------------------------------------------------------------
     def handle_transitions(self, transitions, now_wall):
+        """Log the transitions, queue their hooks and bring the group (and state file) in line."""
         if not transitions:
             return
+        self.dirty = True
         dummy, all_down = self.core.members()
+        hooks = hook_scripts(self.config.hooks_dir) if self.config.hooks_dir else []  # once per batch
         for t in transitions:
             log("%s: %s -> %s (%s: %s)" % (t.uplink, t.old, t.new, t.reason, t.detail))
-            hooks = hook_scripts(self.config.hooks_dir) if self.config.hooks_dir else []
             if hooks:
                 self.children.queue_hooks(hooks, hook_environment(t, self.config.uplink(t.uplink), all_down),
                                           self.config.hook_timeout)
         if all_down:
             log("all uplinks are down: all of them stay in the default group")
         self.sync_group(now_wall)
-        self.write_files(now_wall)
 
     def on_netlink(self):
-        now = self.wall()
+        messages = []
         while True:
             try:
                 data = self.netlink.recv(1 << 16)
@@ -1241,35 +1418,50 @@ class Daemon(object):
                     self.netlink.send(link_dump_request())
                     continue
                 raise
-            for msg in parse_netlink(data):
-                if msg["type"] not in ("new", "del") or not msg["ifname"]:
-                    continue
-                name, usable = msg["ifname"], msg["usable"]
-                if self.links.get(name) == usable:
-                    continue
-                self.links[name] = usable
-                if not any(u.interface == name for u in self.config.uplinks):
-                    continue
-                log("link %s %s" % (name, "up" if usable else "down"))
-                # up: the kernel deleted this device's nexthops and routes, recreate them; down: the
-                # group (and the default route, if it was the last member) may be gone too
-                self.need_reconcile = True
-                if not usable:
-                    for uplink in self.config.uplinks:
-                        if uplink.interface == name:
-                            self._fail_open_rounds(uplink.name)
-                transitions = self.core.link_event(now, name, usable)
-                self.handle_transitions(transitions, now)
-                if self.need_reconcile:
-                    self.sync_group(now)
+            messages += parse_netlink(data)
+        self.link_messages(messages, self.wall())
+
+    def link_messages(self, messages, now_wall):
+        """Apply netlink link messages to ``links`` and the machines; when an uplink's link became
+        usable or unusable, bring routing in line (once for all the messages)."""
+        transitions = []
+        changed = False
+        for msg in messages:
+            if msg["type"] not in ("new", "del") or not msg["ifname"]:
+                continue
+            name, state = msg["ifname"], msg["state"]
+            was = usable(self.links.get(name))
+            if state is None:
+                self.links.pop(name, None)
+            else:
+                self.links[name] = state
+            if usable(state) == was or not any(u.interface == name for u in self.config.uplinks):
+                continue
+            log("link %s %s" % (name, state or "deleted"))
+            changed = True
+            if not usable(state):
+                for uplink in self.config.uplinks:
+                    if uplink.interface == name:
+                        self._fail_open_rounds(uplink.name)
+            transitions += self.core.link_event(now_wall, name, usable(state))
+        if not changed:
+            return
+        # up: the kernel deleted this device's nexthops and routes, recreate them; down: the
+        # group (and the default route, if it was the last member) may be gone too
+        self.need_reconcile = True
+        if transitions:
+            self.handle_transitions(transitions, now_wall)
+        else:
+            self.sync_group(now_wall)
 
     def _fail_open_rounds(self, name):
-        self.pending[name] = {}
+        self.pending[name].clear()
         self.open_rounds[name].clear()
 
     def start_round(self, now):
         self.round_number += 1
         for uplink in self.config.uplinks:
+            forget_expired(self.pending[uplink.name], now)  # here, not per reply: once a round is enough
             machine = self.core.machines[uplink.name]
             if not machine.link_up:
                 continue
@@ -1288,6 +1480,7 @@ class Daemon(object):
                     rnd.error = "source %s on %s unusable: %s" % (uplink.address, uplink.interface, exc.strerror or exc)
                     rnd.waiting.clear()
                     continue
+            pending = self.pending[uplink.name]
             for target in uplink.targets:
                 seq = self.seq[uplink.name] = (self.seq[uplink.name] + 1) & 0xFFFF
                 try:
@@ -1300,7 +1493,8 @@ class Daemon(object):
                         probe.close()
                         break
                     continue
-                self.pending[uplink.name][seq] = (rnd, target, self.clock())
+                pending.pop(seq, None)  # a reused sequence number goes to the end: send order
+                pending[seq] = (rnd, target, self.clock())
 
     def on_probe(self, name):
         probe = self.sockets.get(name)
@@ -1331,10 +1525,6 @@ class Daemon(object):
                 t = self.core.round_result(self.wall(), uplink.name, rnd.results, rnd.error)
                 if t:
                     transitions.append(t)
-            pending = self.pending[uplink.name]
-            if pending:
-                for seq in [s for s, (dummy, dummy2, sent) in pending.items() if now - sent > LATE_LIMIT]:
-                    del pending[seq]
         self.handle_transitions(transitions, self.wall())
 
     def next_deadline(self):
@@ -1342,8 +1532,11 @@ class Daemon(object):
         return min(deadlines) if deadlines else None
 
     # files -------------------------------------------------------------------------------
-    def write_files(self, now):
-        document = state_document(self.core, now, self.applied, self.group_error, os.getpid())
+    def write_files(self, now, members=None):
+        """Write the state (and metrics) file.  ``members``: the group members about to be applied
+        (Contract 2: the file says it before the kernel does); by default the applied ones."""
+        shown = self.applied if members is None else members
+        document = state_document(self.core, now, shown, self.group_error, os.getpid())
         try:
             write_atomic(self.config.state_file, json.dumps(document, indent=1, sort_keys=False) + "\n")
         except (IOError, OSError) as exc:
@@ -1354,6 +1547,7 @@ class Daemon(object):
             except (IOError, OSError) as exc:
                 log("cannot write %s: %s" % (self.config.metrics_file, exc))
         self.dirty = False
+        self.written_group = (shown, self.group_error)
 
     # reload ------------------------------------------------------------------------------
     def do_reload(self):
@@ -1368,9 +1562,10 @@ class Daemon(object):
         self.config = config
         self._start_core(self.wall(), old_machines=old)
         self.need_reconcile = True
+        self.dirty = True
         log("config reloaded: %s" % ", ".join(u.name for u in config.uplinks))
+        self.restore_rules()
         self.sync_group(self.wall())
-        self.write_files(self.wall())
 
     # the loop ----------------------------------------------------------------------------
     def run(self):
@@ -1378,16 +1573,16 @@ class Daemon(object):
         self._open_netlink()
         # the answer to the dump gives every link's state before anything is decided
         deadline = self.clock() + 2.0
-        done = False
-        while not done and self.clock() < deadline:
+        answered = False
+        while not answered and self.clock() < deadline:
             select.select([self.netlink], [], [], 0.2)
-            done = self.on_netlink_initial()
+            answered = self.on_netlink_initial()
         self._start_core(self.wall())
         log("started: %s; interval %gs, timeout %gs, down after %d, up after %d rounds"
             % (", ".join("%s (%s)" % (u.name, u.interface) for u in self.config.uplinks), self.config.interval,
                self.config.timeout, self.config.down_after, self.config.up_after))
+        self.restore_rules()
         self.sync_group(self.wall())
-        self.write_files(self.wall())
         next_round = self.clock()
         next_write = next_round + self.config.write_interval
         next_verify = next_round + (self.config.verify_interval or 1e9)
@@ -1398,6 +1593,8 @@ class Daemon(object):
                 deadline = self.next_deadline()
                 if deadline is not None:
                     wake.append(deadline)
+                if self.need_reconcile and self.retry.next_try is not None:
+                    wake.append(self.retry.next_try)
                 if self.children.busy():
                     wake.append(now + 0.2)
                 for key, dummy in self.selector.select(max(0.0, min(wake) - now)):
@@ -1423,8 +1620,7 @@ class Daemon(object):
                     next_round += self.config.interval
                     if next_round < now:  # we were held up: skip, never burst
                         next_round = now + self.config.interval
-                if self.need_reconcile:
-                    self.sync_group(self.wall())
+                self.retry_reconcile(now)
                 if now >= next_verify:
                     next_verify = now + self.config.verify_interval
                     self.verify()
@@ -1441,7 +1637,7 @@ class Daemon(object):
         return 0
 
     def on_netlink_initial(self):
-        """Read the dump's answer into ``links`` (before the machines exist); True when complete."""
+        """Read the dump's answer into ``links`` (before the machines exist); True when answered."""
         while True:
             try:
                 data = self.netlink.recv(1 << 16)
@@ -1449,12 +1645,42 @@ class Daemon(object):
                 return False
             for msg in parse_netlink(data):
                 if msg["type"] == "new" and msg["ifname"]:
-                    self.links[msg["ifname"]] = msg["usable"]
-                elif msg["type"] in ("done", "error"):
+                    self.links[msg["ifname"]] = msg["state"]
+                elif msg["type"] == "done":
+                    self.links_complete = True
+                    return True
+                elif msg["type"] == "error":
+                    log("link dump failed (errno %d); links are learnt from events" % msg["errno"])
                     return True
 
 
 # -- command line ----------------------------------------------------------------------------
+
+def status_command(paths, as_json):
+    """``multiwan status``: the state of every file of ``paths`` that exists; 1 when none does."""
+    found = []
+    for path in paths:
+        document = read_state(path)
+        if document is not None:
+            found.append((path, document))
+        elif os.path.exists(path):
+            sys.stderr.write("cannot read %s: not a state file\n" % path)
+    if not found:
+        sys.stderr.write("no state in %s (is the watchdog running?)\n" % " or ".join(paths))
+        return 1
+    documents = [document for dummy, document in found]
+    if as_json:
+        # one: the document itself, so the output for one state file stays what it was; two: a list
+        sys.stdout.write(json.dumps(documents[0] if len(documents) == 1 else documents, indent=2) + "\n")
+        return 0
+    now = time.time()
+    if len(found) == 1:
+        sys.stdout.write(status_text(documents[0], now))
+    else:
+        sys.stdout.write("\n".join("%s (%s)\n%s" % ((document.get("group") or {}).get("family"), path,
+                                                    status_text(document, now)) for path, document in found))
+    return 0
+
 
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="multiwan", description="multiwan.linux failover watchdog")
@@ -1464,7 +1690,8 @@ def main(argv=None):
     run.add_argument("--check", action="store_true", help="only validate the config")
     status = sub.add_parser("status", help="show the uplinks' state")
     status.add_argument("--json", action="store_true")
-    status.add_argument("--state-file", default=DEFAULT_STATE_FILE)
+    status.add_argument("--state-file", help="show this state file only (default: %s, whichever exist)"
+                        % " and ".join(path for dummy, path in STATE_FILES))
     args = parser.parse_args(argv)
     if args.command == "watchdog":
         try:
@@ -1476,14 +1703,7 @@ def main(argv=None):
             log("config: %s" % exc)
             return 2
     if args.command == "status":
-        document = read_state(args.state_file)
-        if document is None:
-            sys.stderr.write("no state in %s (is the watchdog running?)\n" % args.state_file)
-            return 1
-        if args.json:
-            sys.stdout.write(json.dumps(document, indent=2) + "\n")
-        else:
-            sys.stdout.write(status_text(document, time.time()))
-        return 0
+        return status_command([args.state_file] if args.state_file else [path for dummy, path in STATE_FILES],
+                              args.json)
     parser.print_help()
     return 2

@@ -14,7 +14,9 @@ version_added: "0.1.0"
 description:
   - Manages unicast routes in any routing table, IPv4 and IPv6, comparing the live state
     (C(ip -j -d -N route/nexthop show)) with the desired one structurally.
-  - One nexthop makes a plain route (C(via X dev Y), or C(dev Y) for a device-only uplink such as PPP).
+  - One nexthop makes a plain route (C(via X dev Y), or C(dev Y) for a device-only uplink such as PPP),
+    unless O(group_id) is set, which makes it a group with one member, so that a site with one uplink
+    (or a watchdog with one usable uplink) never flips between a plain route and a group.
     Several nexthops make a weighted multipath route; by default through kernel nexthop objects and
     one nexthop group, whose members can later be swapped atomically (the watchdog does that).
   - A route is identified by family, table, destination and metric. It is changed with
@@ -51,7 +53,7 @@ options:
         choices: [inet, inet6]
       nexthops:
         description:
-          - Where the route leads. One item makes a plain route, several a weighted multipath route.
+          - Where the route leads. One item makes a plain route (a one-member group with O(group_id)), several a weighted multipath route.
           - Required with O(state=present).
         type: list
         elements: dict
@@ -138,7 +140,7 @@ options:
     choices: [inet, inet6]
   nexthops:
     description:
-      - Where the route leads. One item makes a plain route, several a weighted multipath route.
+      - Where the route leads. One item makes a plain route (a one-member group with O(group_id)), several a weighted multipath route.
       - Required with O(state=present).
     type: list
     elements: dict
@@ -215,14 +217,19 @@ options:
     default: auto
   health_state_file:
     description:
-      - Path of the watchdog's state file (Contract 2 in docs/design.md), usually C(/run/multiwan/state.json).
+      - Paths of the watchdog's state files (Contract 2 in docs/design.md), usually C(/run/multiwan/state.json)
+        and, with IPv6 uplinks, C(/run/multiwan/state6.json). One path or a list; the members
+        marked down in any of them are held down.
       - 'Format: C({"uplinks": {"<name>": {"state": "up"|"down", "nexthop_ids": [<id>, ...], "dev": "<device>"}, ...}}).
         A multipath member is held down when an uplink with C(state: down) lists its nexthop id in
         C(nexthop_ids) or names its device in C(dev). Other keys are ignored.'
       - Held-down members keep their nexthop objects but are left out of the group (or the classic
         multipath route). If every member would be held down, all stay in. A missing file means all up;
         a file that is not valid JSON makes the call fail.
-    type: path
+      - A device marked down holds down the members on that device in both address families (nexthop
+        ids are per uplink and family, so groups of nexthop objects are held down per family).
+    type: list
+    elements: path
 attributes:
   check_mode:
     description: Can run in check_mode and return changed status prediction without modifying target.
@@ -430,11 +437,17 @@ def _desired_route(item, names):
     return route
 
 
-def read_health(path):
-    """Members marked down by the watchdog's state file: ``{"ids": set, "devs": set}``."""
+def read_health(paths):
+    """Members marked down by the watchdog's state files: ``{"ids": set, "devs": set}``."""
     health = {"ids": set(), "devs": set()}
-    if not path or not os.path.exists(path):
-        return health
+    for path in paths or []:
+        _read_health_file(path, health)
+    return health
+
+
+def _read_health_file(path, health):
+    if not os.path.exists(path):
+        return
     try:
         with open(path) as handle:
             data = json.load(handle)
@@ -445,7 +458,6 @@ def read_health(path):
                     health["devs"].add(uplink["dev"])
     except (IOError, OSError, ValueError, TypeError, AttributeError) as exc:
         raise ValueError("health_state_file: %s is not a readable state file (%s)" % (path, exc))
-    return health
 
 
 class RouteManager(StateManager):
@@ -496,7 +508,7 @@ def main():
         purge_tables=dict(type="list", elements="str"),
         protocol=dict(type="str", default="109"),
         use_nexthop_objects=dict(type="raw", default="auto"),
-        health_state_file=dict(type="path"),
+        health_state_file=dict(type="list", elements="path"),
     )
     module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True,
                            mutually_exclusive=[["routes", name] for name in SINGLE_ONLY])

@@ -220,7 +220,9 @@ from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.multiwan.linux.plugins.module_utils._diff import StateManager
 from ansible_collections.multiwan.linux.plugins.module_utils._iproute import (
-    FAMILIES, IpRoute, IpRouteError, Names, family_of, normalize_prefix, plan_rules)
+    FAMILIES, IpRoute, IpRouteError, Names, plan_rules)
+# Options -> canonical rule, shared with the watchdog (which restores the role's rules at boot).
+from ansible_collections.multiwan.linux.plugins.module_utils._iproute import canonical_rule as desired_rule
 
 RULE_OPTIONS = {
     "priority": dict(type="int"),
@@ -237,64 +239,6 @@ RULE_OPTIONS = {
     "state": dict(type="str", choices=["present", "absent"], default="present"),
 }
 SINGLE_ONLY = list(RULE_OPTIONS)  # checked before defaults are filled in
-
-
-def _number(value, field, limit=0xFFFFFFFF):
-    try:
-        number = int(str(value), 0)
-    except ValueError:
-        raise ValueError("%s: %r is not a number" % (field, value))
-    if not 0 <= number <= limit:
-        raise ValueError("%s: %r is out of range" % (field, value))
-    return number
-
-
-def desired_rule(item, names, default_protocol, where):
-    """Canonical rule dict from one set of options; ValueError names the bad field."""
-    try:
-        if item.get("priority") is None:
-            raise ValueError("priority is required")
-        _number(item["priority"], "priority")
-        family = item.get("family")
-        for field in ("from", "to"):
-            if item.get(field) not in (None, "all") and family is None:
-                family = family_of(item[field])
-        family = family or "inet"
-        rule = {"family": family, "priority": item["priority"], "state": item.get("state") or "present"}
-        for field in ("from", "to"):
-            try:
-                rule[field] = normalize_prefix(item[field], family, default_word=False) if item.get(field) else None
-            except ValueError as exc:
-                raise ValueError("%s: %s" % (field, exc))
-        rule["fwmark"] = _number(item["fwmark"], "fwmark") if item.get("fwmark") is not None else None
-        if item.get("fwmask") is not None and rule["fwmark"] is None:
-            raise ValueError("fwmask needs fwmark")
-        rule["fwmask"] = (_number(item["fwmask"], "fwmask") if item.get("fwmask") is not None else 0xFFFFFFFF) \
-            if rule["fwmark"] is not None else None
-        rule["iif"] = item.get("iif") or None
-        rule["oif"] = item.get("oif") or None
-        rule["action"] = item.get("action") or "lookup"
-        if rule["action"] == "lookup":
-            if item.get("table") is None and rule["state"] == "present":
-                raise ValueError("table is required for action lookup")
-            try:
-                rule["table"] = names.table(item["table"]) if item.get("table") is not None else None
-            except ValueError as exc:
-                raise ValueError("table: %s" % exc)
-        elif item.get("table") is not None:
-            raise ValueError("table only goes with action lookup, not %s" % rule["action"])
-        else:
-            rule["table"] = None
-        rule["suppress_prefixlength"] = item.get("suppress_prefixlength")
-        if rule["suppress_prefixlength"] is not None and not 0 <= rule["suppress_prefixlength"] <= 128:
-            raise ValueError("suppress_prefixlength: %s is out of range 0..128" % rule["suppress_prefixlength"])
-        try:
-            rule["protocol"] = names.protocol(item.get("protocol") or default_protocol)
-        except ValueError as exc:
-            raise ValueError("protocol: %s" % exc)
-        return rule
-    except ValueError as exc:
-        raise ValueError("%s: %s" % (where, exc))
 
 
 class RuleManager(StateManager):

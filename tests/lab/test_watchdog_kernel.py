@@ -182,6 +182,28 @@ def test_probes_links_and_group_on_the_real_kernel(lab):
                          env=dict(os.environ, MULTIWAN_LIBDIR=str(REPO / "plugins" / "module_utils")))
     assert out.returncode == 0 and "ALL UPLINKS DOWN" in out.stdout
 
+    # no link left: the kernel drops the group and its route; nothing to make, nothing fails, said once
+    # (a reconcile between the two link changes may fail once: its retry is logged once per streak)
+    subprocess.run(["ip", "-n", GW, "-batch", "-"], input="link set mwh1 down\nlink set mwh2 down\n",
+                   check=True, capture_output=True, text=True)
+    wait_for(lambda: "no uplink has a usable link" in (state(lab)["group"]["error"] or ""), 2)
+    assert state(lab)["group"]["members"] == [] and group_members() is None
+    time.sleep(1.5)  # rounds, verifies and retries' worth: nothing is tried over and over
+    log = (lab["dir"] / "watchdog.log").read_text()
+    assert log.count("no uplink has a usable link") == 1 and log.count("reconcile failed") <= 1
+    failed_before = log.count("reconcile failed")
+
+    # one link back: the default route comes back over a group of one member, never a plain route
+    sh("ip", "-n", GW, "link", "set", "mwh2", "up")
+    wait_for(lambda: group_members() == [NH2], 2)
+    assert gw_ip("route", "show", "default").startswith("default nhid %d " % GROUP)
+    wait_for(lambda: state(lab)["group"]["error"] is None, 1)
+    # the other one too: the same group grows, the route is not touched
+    sh("ip", "-n", GW, "link", "set", "mwh1", "up")
+    wait_for(lambda: group_members() == [NH1, NH2], 2)
+    assert gw_ip("route", "show", "default").startswith("default nhid %d " % GROUP)
+    assert (lab["dir"] / "watchdog.log").read_text().count("reconcile failed") == failed_before
+
     # SIGTERM: clean exit, routes left as they are
     before = gw_ip("route", "show", "default")
     lab["proc"].send_signal(signal.SIGTERM)

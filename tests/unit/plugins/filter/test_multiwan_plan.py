@@ -83,7 +83,7 @@ def test_example_inventory_plans(host):
     assert plan["nat"]["family"] == "ip"
     assert plan["nat"]["source_networks"] == _example(host)["multiwan_lan_networks"]
     assert plan["nat"]["exclude_destinations"] == _example(host)["multiwan_lan_networks"]
-    assert plan["health_state_file"] == "/run/multiwan/state.json"
+    assert plan["health_state_file"] == ["/run/multiwan/state.json"]
     assert plan["watchdog6"] is None
     json.dumps(plan)  # plain data only
 
@@ -137,7 +137,7 @@ def test_watchdog_gets_exactly_the_routes_of_ip_route():
         config = plan["watchdog"]
         loaded = _watchdog.load_config(copy.deepcopy(config))     # the watchdog's own validation
         assert config["interval"] == 0.2 and config["down_after"] == 5
-        assert config["state_file"] == plan["health_state_file"]
+        assert config["state_file"] in plan["health_state_file"]
         assert config["group"]["id"] == 0x6E000001 and config["protocol"] == 109
         applied = plan["table_routes"] + plan["main_routes"]
         group = [r for r in applied if r.get("group_id")][0]
@@ -155,10 +155,23 @@ def test_watchdog_gets_exactly_the_routes_of_ip_route():
 def test_watchdog_cannot_override_what_the_plan_owns():
     data = _two_uplinks(multiwan_watchdog={"state_file": "/tmp/x", "protocol": 7, "group": {}, "uplinks": [],
                                            "timeout": 0.5})
-    config = multiwan_plan(data)["watchdog"]
+    with pytest.raises(AnsibleFilterError) as err:
+        multiwan_plan(data)
+    for key in ("state_file", "protocol", "group", "uplinks"):
+        assert "multiwan_watchdog.%s: is computed by the role" % key in str(err.value)
+    config = multiwan_plan(_two_uplinks(multiwan_watchdog={"timeout": 0.5}))["watchdog"]
     assert config["state_file"] == "/run/multiwan/state.json"
     assert config["protocol"] == 109 and config["group"]["id"] == 0x6E000001
     assert len(config["uplinks"]) == 2 and config["timeout"] == 0.5
+
+
+def test_per_uplink_watchdog_overrides_reach_the_config():
+    data = _two_uplinks(multiwan_watchdog={"down_after": 5})
+    data["multiwan_uplinks"][1]["watchdog"] = {"timeout": 1.5, "up_after": 40}
+    config = multiwan_plan(data)["watchdog"]
+    assert config["down_after"] == 5
+    assert "timeout" not in config["uplinks"][0]
+    assert config["uplinks"][1]["timeout"] == 1.5 and config["uplinks"][1]["up_after"] == 40
 
 
 def test_ipv6_uplink():
@@ -203,7 +216,7 @@ def test_ipv6_only_nat_family():
     plan = multiwan_plan(data)
     assert plan["families"] == ["inet6"] and plan["nat"]["family"] == "ip6"
     assert plan["watchdog"] is None and plan["watchdog6"] is not None
-    assert plan["health_state_file"] == "/run/multiwan/state6.json"
+    assert plan["health_state_file"] == ["/run/multiwan/state6.json"]
 
 
 def test_vlan_interface_sysctl_key():

@@ -36,7 +36,7 @@ PLAYBOOK_BIN = Path(sys.executable).parent / "ansible-playbook"
 EXAMPLE_HOSTS = ("gw-east", "gw-north", "gw-south")
 FAKE_PID = 999999999
 NOT_RUNNING = "anchor process %d is not running" % FAKE_PID
-FIRST_ROLE_TASK = "multiwan.linux.gateway : Kernel | check policy routing, multipath, nftables NAT, conntrack and the tools"
+FIRST_ROLE_TASK = "multiwan.linux.gateway : Init | look for /run/systemd/system"
 
 
 def _uplink(name, interface, third, **extra):

@@ -30,15 +30,19 @@ def load(name):
 
 
 class FakeRunner(object):
-    """Serves the captured JSON for the argv ``IpRoute`` uses; records batches."""
+    """Serves the captured JSON (of ``capture``, a folder of fixtures/iproute) for the argv
+    ``IpRoute`` uses; records batches and every command."""
 
-    def __init__(self, batch_rc=0, batch_err=""):
+    def __init__(self, batch_rc=0, batch_err="", capture=""):
         self.batches = []
+        self.commands = []
         self.batch_rc = batch_rc
         self.batch_err = batch_err
+        self.capture = capture
 
     def __call__(self, argv, data=None):
         args = argv[1:]
+        self.commands.append(" ".join(args))
         if "-batch" in args:
             self.batches.append((args[:-2], data))
             return self.batch_rc, "", self.batch_err
@@ -53,7 +57,12 @@ class FakeRunner(object):
             "-j nexthop show": "nexthop_all.json",
             "-j link show": "link.json",
         }
-        return 0, (FIXTURES / table[text]).read_text(), ""
+        return 0, (FIXTURES / self.capture / table[text]).read_text(), ""
+
+
+def read_live(runner):
+    ipr = I.IpRoute(runner=runner)
+    return {"routes": [r for f in I.FAMILIES for r in ipr.routes(f)], "nexthops": ipr.nexthops(), "links": ipr.links()}
 
 
 @pytest.fixture
@@ -63,8 +72,7 @@ def runner():
 
 @pytest.fixture
 def live(runner):
-    ipr = I.IpRoute(runner=runner)
-    return {"routes": [r for f in I.FAMILIES for r in ipr.routes(f)], "nexthops": ipr.nexthops(), "links": ipr.links()}
+    return read_live(runner)
 
 
 @pytest.fixture
@@ -299,16 +307,56 @@ def test_adding_a_member_orders_object_group_route(live):
         "nexthop replace id %d group %d,2/%d,1/%d,1 protocol 109" % (G_MAIN, NH_WAN1, NH_PPP0, new_id)]
 
 
-def test_removing_a_member_replaces_group_then_deletes_orphan(live):
+def without_resilient_group(live):
+    """The fixture state without the resilient group 1845493762, which uses both members too."""
     state = copy.deepcopy(live)
-    # a member used by nothing else: the resilient group 1845493762 also uses both, so drop it
     del state["nexthops"][1845493762]
     state["routes"] = [r for r in state["routes"] if r.get("nhid") != 1845493762]
-    plan = I.plan_routes(state, [main_default(WAN1)])
-    # one nexthop is a plain route; group and the now unused member objects of ours go, group first
+    return state
+
+
+def test_one_nexthop_without_a_group_id_is_a_plain_route(live):
+    plan = I.plan_routes(without_resilient_group(live), [main_default(WAN1, group_id=None)])
+    # group and the now unused member objects of ours go, group first
     texts = plan.batch_text()
-    assert texts[0].startswith("route replace 0.0.0.0/0 table 254")
+    assert texts[0] == "route replace 0.0.0.0/0 table 254 metric 0 protocol 109 via 100.64.1.1 dev wan1"
     assert texts[1:] == ["nexthop del id %d" % G_MAIN, "nexthop del id %d" % NH_WAN1, "nexthop del id %d" % NH_PPP0]
+
+
+def test_one_nexthop_with_a_group_id_stays_a_group(live):
+    # the watchdog (and a site with one uplink left) keeps the default route on its group: one
+    # member, swapped in place, never a plain route that turns back into a group later
+    plan = I.plan_routes(without_resilient_group(live), [main_default(WAN1)])
+    assert plan.batch_text() == ["nexthop replace id %d group %d,2 protocol 109" % (G_MAIN, NH_WAN1),
+                                 "nexthop del id %d" % NH_PPP0]
+    assert plan.routes == [{"destination": "default", "table": 254, "family": "inet", "group_id": G_MAIN,
+                            "members": [{"id": NH_WAN1, "dev": "wan1", "via": "100.64.1.1", "weight": 2}]}]
+    # a new one-member group: member object, group, route over it
+    state = without_resilient_group(live)
+    state["routes"] = [r for r in state["routes"] if r.get("nhid") != G_MAIN]
+    del state["nexthops"][G_MAIN]
+    assert I.plan_routes(state, [main_default(PPP0, group_id=99)]).batch_text() == [
+        "nexthop replace id 99 group %d,1 protocol 109" % NH_PPP0,
+        "route replace 0.0.0.0/0 table 254 metric 0 protocol 109 nhid 99"]
+
+
+def test_one_member_group_as_the_kernel_prints_it_plans_nothing_then_grows_in_place():
+    # fixtures/iproute/one_member: the kernel after the plan above was applied
+    after = read_live(FakeRunner(capture="one_member"))
+    route = [r for r in after["routes"] if I.route_key(r) == ("inet", 254, "default", 0)][0]
+    assert route["nhid"] == G_MAIN and after["nexthops"][G_MAIN]["group"] == [(NH_WAN1, 2)]
+    again = I.plan_routes(after, [main_default(WAN1)])
+    assert not again and again.lines == []
+    # the second uplink back: its object and the group, the route is not touched
+    assert I.plan_routes(after, [main_default(WAN1, PPP0)]).batch_text() == [
+        "nexthop replace id %d dev ppp0 protocol 109" % NH_PPP0,
+        "nexthop replace id %d group %d,2/%d,1 protocol 109" % (G_MAIN, NH_WAN1, NH_PPP0)]
+
+
+def test_one_nexthop_with_a_group_id_without_nexthop_objects_is_a_plain_route():
+    after = read_live(FakeRunner(capture="one_member"))
+    plan = I.plan_routes(after, [main_default(WAN1)], use_objects=False)
+    assert plan.batch_text()[0] == "route replace 0.0.0.0/0 table 254 metric 0 protocol 109 via 100.64.1.1 dev wan1"
 
 
 def test_member_removed_from_group_is_deleted_after_the_group_replace(live):
@@ -426,6 +474,23 @@ def test_batch_failure_names_line_and_object(runner):
         I.IpRoute(runner=failing).apply(lines)
     assert str(err.value) == ("nexthop 6: ip -batch line 2 (nexthop replace id 6 via 100.64.9.1 dev wan1 protocol 109) "
                               "failed: Error: Nexthop has invalid gateway.")
+
+
+def test_nexthop_support_is_asked_once_per_instance(runner):
+    ipr = I.IpRoute(runner=runner)
+    for dummy in range(3):
+        assert ipr.nexthops_supported()
+        ipr.nexthops()
+    assert runner.commands.count("-j nexthop show") == 1
+    assert runner.commands.count("-j -d -N nexthop show") == 3  # the objects themselves are read every time
+
+    def unsupported(argv, data=None):
+        unsupported.calls += 1
+        return 255, "", "Error: Nexthop support is not enabled."
+    unsupported.calls = 0
+    ipr = I.IpRoute(runner=unsupported)
+    assert ipr.nexthops() == {} and ipr.nexthops() == {} and not ipr.nexthops_supported()
+    assert unsupported.calls == 1
 
 
 def test_read_failure_is_an_iproute_error():

@@ -128,6 +128,40 @@ def test_status_command(tmp_path, capsys):
     assert w.main(["status", "--state-file", str(tmp_path / "missing")]) == 1
 
 
+def test_status_command_shows_every_family(tmp_path, capsys, monkeypatch):
+    inet, inet6 = str(tmp_path / "state.json"), str(tmp_path / "state6.json")
+    monkeypatch.setattr(w, "STATE_FILES", (("inet", inet), ("inet6", inet6)), raising=False)
+    assert w.main(["status"]) == 1
+    assert "no state in %s or %s" % (inet, inet6) in capsys.readouterr().err
+    # one family: as with one file
+    w.write_atomic(inet, json.dumps(w.state_document(core_with_history(), 1010.0)))
+    assert w.main(["status"]) == 0
+    out = capsys.readouterr().out
+    assert out.splitlines()[0] == "group %d: isp1" % 0x6E000001 and out.count("UPLINK") == 1
+    assert w.main(["status", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["group"]["family"] == "inet"
+    # both: one table per family, a list of documents
+    data = raw_config()
+    data["group"]["family"] = "inet6"
+    data["uplinks"] = [dict(data["uplinks"][0], address="2001:db8:1::2", gateway="2001:db8:1::1",
+                            probe_targets=["2001:db8:ffff::1"])]
+    w.write_atomic(inet6, json.dumps(w.state_document(w.Core(w.load_config(data), 1000.0), 1010.0)))
+    assert w.main(["status"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("UPLINK") == 2
+    assert "inet (%s)" % inet in out.splitlines() and "inet6 (%s)" % inet6 in out.splitlines()
+    assert w.main(["status", "--json"]) == 0
+    assert [d["group"]["family"] for d in json.loads(capsys.readouterr().out)] == ["inet", "inet6"]
+    # --state-file: that file only
+    assert w.main(["status", "--json", "--state-file", inet6]) == 0
+    assert json.loads(capsys.readouterr().out)["group"]["family"] == "inet6"
+    # a file that is there but unreadable is named; the other family is still shown
+    open(inet, "w").write("{broken")
+    assert w.main(["status"]) == 0
+    captured = capsys.readouterr()
+    assert "cannot read %s" % inet in captured.err and captured.out.count("UPLINK") == 1
+
+
 def test_watchdog_check_command(tmp_path):
     path = tmp_path / "c.json"
     path.write_text(json.dumps(raw_config()))

@@ -6,6 +6,7 @@ import json
 import os
 import struct
 
+from ansible_collections.multiwan.linux.plugins.module_utils import _iproute as I
 from ansible_collections.multiwan.linux.plugins.module_utils import _watchdog as w
 
 with open(os.path.join(os.path.dirname(__file__), "fixtures", "watchdog", "kernel_bytes.json")) as _handle:
@@ -67,24 +68,36 @@ def links(key):
 def test_netlink_link_down_and_up_as_the_kernel_sends_them():
     down = links("link_down")
     assert down and all(m["ifname"] == "mwhc0" for m in down)
-    assert down[-1]["usable"] is False and not down[-1]["flags"] & w.IFF_UP
+    assert down[-1]["state"] == "down" and not down[-1]["flags"] & w.IFF_UP
     up = links("link_up")
-    assert up[-1]["usable"] is True
+    assert up[-1]["state"] == "up" and w.usable(up[-1]["state"])
     assert up[-1]["flags"] & w.IFF_LOWER_UP and up[-1]["flags"] & w.IFF_UP
     # a veth reports carrier (LOWER_UP) before operstate (RUNNING); `ip link` says NO-CARRIER (and
-    # _iproute.parse_links unusable) until RUNNING, so the watchdog waits for it as well
+    # _iproute.parse_links no-carrier) until RUNNING, so the watchdog waits for it as well
     assert up[0]["flags"] & w.IFF_LOWER_UP and not up[0]["flags"] & w.IFF_RUNNING
-    assert up[0]["usable"] is False
+    assert up[0]["state"] == "no-carrier" and not w.usable(up[0]["state"])
     # link down starts with a notification that still carries the old flags: only changes count
-    assert down[0]["usable"] is True
+    assert down[0]["state"] == "up"
+
+
+def test_link_states_are_the_words_of_ip_link_and_only_up_is_usable():
+    assert w.link_state(w.IFF_UP | w.IFF_LOWER_UP | w.IFF_RUNNING) == "up"
+    assert w.link_state(w.IFF_UP | w.IFF_LOWER_UP) == "no-carrier"
+    assert w.link_state(w.IFF_UP) == "no-carrier"
+    assert w.link_state(w.IFF_LOWER_UP | w.IFF_RUNNING) == "down"
+    # the words of _iproute.parse_links for the same links
+    assert I.parse_links([{"ifname": "a", "flags": ["UP", "LOWER_UP"]}, {"ifname": "b", "flags": ["NO-CARRIER", "UP"]},
+                          {"ifname": "c", "flags": ["BROADCAST"]}]) == {"a": "up", "b": "no-carrier", "c": "down"}
+    # every state is a true string: only the predicate tells a usable link
+    assert [w.usable(state) for state in ("up", "no-carrier", "down", None)] == [True, False, False, False]
 
 
 def test_netlink_dump_answer_ends_with_done():
     messages = []
     for datagram in KERNEL["dump"]:
         messages += w.parse_netlink(bytes.fromhex(datagram))
-    names = dict((m["ifname"], m["usable"]) for m in messages if m["type"] == "new")
-    assert names == {"lo": True, "mwhc0": True}
+    names = dict((m["ifname"], m["state"]) for m in messages if m["type"] == "new")
+    assert names == {"lo": "up", "mwhc0": "up"}
     assert messages[-1] == {"type": "done"}
 
 
@@ -96,7 +109,7 @@ def test_netlink_truncated_and_error_messages():
     deleted = bytearray(data)
     struct.pack_into("=H", deleted, 4, w.RTM_DELLINK)
     (msg,) = w.parse_netlink(bytes(deleted))
-    assert msg["type"] == "del" and msg["usable"] is False
+    assert msg["type"] == "del" and msg["state"] is None  # gone, like a device ip link does not list
 
 
 def test_link_dump_request_shape():

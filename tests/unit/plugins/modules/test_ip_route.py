@@ -55,10 +55,14 @@ def test_bad_items_name_the_field(names, item, message):
 
 def test_health_state_file(tmp_path):
     path = tmp_path / "state.json"
-    assert ip_route.read_health(str(path)) == {"ids": set(), "devs": set()}  # missing: all up
+    assert ip_route.read_health([str(path)]) == {"ids": set(), "devs": set()}  # missing: all up
     path.write_text(json.dumps({"uplinks": {"isp1": {"state": "up", "nexthop_ids": [1], "dev": "wan1"},
                                             "isp2": {"state": "down", "nexthop_ids": [2, 3], "dev": "ppp0"}}}))
-    assert ip_route.read_health(str(path)) == {"ids": {2, 3}, "devs": {"ppp0"}}
+    assert ip_route.read_health([str(path)]) == {"ids": {2, 3}, "devs": {"ppp0"}}
+    # the IPv6 watchdog's file adds its own down members
+    path6 = tmp_path / "state6.json"
+    path6.write_text(json.dumps({"uplinks": {"isp3": {"state": "down", "nexthop_ids": [7], "dev": "wan3"}}}))
+    assert ip_route.read_health([str(path), str(path6)]) == {"ids": {2, 3, 7}, "devs": {"ppp0", "wan3"}}
     path.write_text("{broken")
     with pytest.raises(ValueError, match="health_state_file"):
-        ip_route.read_health(str(path))
+        ip_route.read_health([str(path6), str(path)])
