@@ -614,17 +614,36 @@ def ensure_running(ns: str, port: int = 7777, state_dir: str | None = None,
 
 
 def stop(pid_file: str, timeout: float = 5.0) -> bool:
-    """SIGTERM the reflector named by PID_FILE and wait for it; True if one was running."""
+    """SIGTERM the reflector named by PID_FILE and wait until it is gone; True if one was running.
+
+    "Gone" is judged by /proc/PID's state, not by its command line: an exiting process (tearing
+    down its large socket buffers) has an empty command line while it is still "R" or "D".
+    """
     pid = read_pid(pid_file)
     if not pid:
         return False
     os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and _alive(pid):
-        time.sleep(0.02)
-    if _alive(pid):
+    if not _wait_gone(pid, timeout):
         os.kill(pid, signal.SIGKILL)
+        _wait_gone(pid, 2.0)
     return True
+
+
+def _wait_gone(pid: int, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while _proc_state(pid) not in (None, "Z", "X"):
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
+def _proc_state(pid: int) -> str | None:
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return None
 
 
 def main(argv=None) -> int:
