@@ -42,7 +42,7 @@ import sys
 import threading
 import time
 
-from mwlab import Lab
+from mwlab import Lab, reflector
 from mwlab.traffic import run_in_netns, start_in_netns
 
 FLOWS = 30                # UDP flows per drill
@@ -51,6 +51,8 @@ GAP_MS = 100              # a gap longer than this is a broken flow for the surv
 FAILOVER_BUDGET_S = 1.5   # issue 5: <= 1 s median, <= 1.5 s p95 (the drill checks every run)
 CARRIER_BUDGET_S = 0.3    # link down is seen through netlink: no probe rounds needed
 STATE_FILE = "/run/multiwan/state.json"
+TCP_CONNS = 50            # issue 6: long-lived TCP connections across a fail/recover cycle
+PORT_FORWARD_FLOWS = 100
 
 
 def wait_for(predicate, timeout, step=0.01):
@@ -180,10 +182,9 @@ class Drill:
         """The flows of surviving uplinks: no gap; with ``moved_is_a_problem`` no change of source.
 
         When the group loses a member, the kernel's hash-threshold multipath re-divides the hash
-        space, so some flows of surviving uplinks move to another surviving uplink (and get its
-        address from masquerade). That is per-flow multipath, not the watchdog: the failover
-        drills count it (README figure), the sticky-connections work (issue 6) removes it. Where
-        the group does not change (kill -9) any move is a problem.
+        space, so without connection marks some flows of surviving uplinks move to another
+        surviving uplink (and get its address from masquerade). Sticky connections (the role's
+        default) keep them; ``--not-sticky`` drills a gateway without them and only counts.
         """
         worst = max((f["max_gap_ms"] for f in flows), default=0.0)
         moved = [f for f in flows if f["source_changes"]]
@@ -235,7 +236,8 @@ def drill_upstream(gw, args):
     d.check((d.figures["failover_max_ms"] or 0) <= FAILOVER_BUDGET_S * 1000,
             "a flow of %s was broken for %s ms (budget %d ms)"
             % (d.victim, d.figures["failover_max_ms"], FAILOVER_BUDGET_S * 1000))
-    d.survivors_untouched([f for n in d.survivors for f in groups.get(n, [])], moved_is_a_problem=False)
+    # with sticky connections (the role's default) no surviving flow may move; without, count them
+    d.survivors_untouched([f for n in d.survivors for f in groups.get(n, [])], moved_is_a_problem=not args.not_sticky)
     t_restore = time.monotonic()
     gw.lab.restore(gw.site, d.victim)
     back = wait_for(lambda: d.victim in (gw.members() or []), 30, step=0.02)
@@ -397,7 +399,102 @@ def drill_reboot(gw, args):
     return d.report()
 
 
-DRILLS = {"upstream": drill_upstream, "carrier": drill_carrier, "all-down": drill_all_down,
+def drill_sticky_tcp(gw, args):
+    """Issue 6: long-lived TCP connections across a fail/recover cycle of the victim.
+
+    Connections on surviving uplinks never break or change address, the victim's end fast, and
+    once the victim is back new connections split again while the old ones stay where they are.
+    """
+    d = Drill(gw, "sticky-tcp")
+    if not d.all_in_group():
+        return d.report()
+    client = gw.lab.namespace(gw.site, "c1")
+    hold = start_in_netns(client, ["tcp-hold", "--conns", TCP_CONNS, "--interval-ms", 100, "--duration", 90,
+                                   "--break-timeout-ms", 3000, "--uplink-map", gw.uplink_map()], wait_ready=15)
+    try:
+        time.sleep(2.0)
+        t_fail = time.time()
+        gw.lab.fail(gw.site, d.victim, "upstream")
+        out = wait_for(lambda: d.victim not in (gw.members() or [d.victim]), 10)
+        d.check(out is not None, "%s did not leave the group" % d.victim)
+        time.sleep(4.0)
+        gw.lab.restore(gw.site, d.victim)
+        back = wait_for(lambda: d.victim in (gw.members() or []), 30, step=0.05)
+        d.check(back is not None, "%s did not come back into the group" % d.victim)
+        t_back = time.time()
+        time.sleep(4.0)  # old connections keep running through the group change
+        burst = run_in_netns(client, ["burst", "--flows", 300, "--proto", "tcp", "--uplink-map", gw.uplink_map()])
+    finally:
+        report = hold.stop(timeout=20)
+    conns = [c for c in report["per_conn"] if c["established"]]
+    d.check(len(conns) == TCP_CONNS, "only %d of %d connections were established" % (len(conns), TCP_CONNS))
+    by_uplink = {}
+    for conn in conns:
+        by_uplink.setdefault(conn.get("first_uplink"), []).append(conn)
+    victims = by_uplink.get(d.victim, [])
+    survivors = [c for n in d.survivors for c in by_uplink.get(n, [])]
+    d.figures["connections"] = dict((n, len(c)) for n, c in by_uplink.items())
+    broken = [c for c in survivors if c["broken"] or c["source_changes"]]
+    d.figures["survivor_connections_broken_or_moved"] = "%d of %d" % (len(broken), len(survivors))
+    d.check(survivors and not broken, "%d of %d connections on surviving uplinks broke or changed address: %s"
+            % (len(broken), len(survivors), [(c["conn"], c["reason"], c["source_changes"]) for c in broken][:5]))
+    ended = [c for c in victims if c["broken"]]
+    d.figures["victim_connections_ended"] = "%d of %d" % (len(ended), len(victims))
+    slow = [c for c in ended if c["broken_at_s"] - (t_fail - report["started_at"]) > 5.0]
+    d.check(victims and len(ended) == len(victims) and not slow,
+            "of %d connections on %s, %d ended, %d of them later than 5 s after the failure"
+            % (len(victims), d.victim, len(ended), len(slow)))
+    d.figures["new_connections_after_recovery"] = burst.get("by_uplink")
+    d.check(burst.get("ok") == burst.get("flows") and all(burst.get("by_uplink", {}).get(n) for n in gw.uplinks),
+            "new connections after the recovery did not split over every uplink: %s" % burst.get("by_uplink"))
+    d.figures["recovered_after_s"] = round(t_back - t_fail, 2)
+    return d.report()
+
+
+def drill_port_forward(gw, args):
+    """Issue 6: a port forward's replies leave by the uplink the connections came in on."""
+    d = Drill(gw, "port-forward")
+    forwards = args.port_forwards or []
+    if not d.check(forwards, "the inventory has no multiwan_port_forwards to drill"):
+        return d.report()
+    if not d.all_in_group():
+        return d.report()
+    client = gw.lab.namespace(gw.site, "c1")
+    inet = gw.lab.namespace("inet", "inet")
+    for forward in forwards:
+        name = forward["uplink"]
+        # the LAN server: the lab's reflector in the client's namespace, stopped again below
+        state_dir = "/run/mwlab/%s/port-forward-%s-%s" % (gw.lab.name, gw.site, forward["port"])
+        reflector.ensure_running(client, forward.get("to_port") or forward["port"], state_dir)
+        try:
+            d.figures.update(port_forward_once(gw, d, forward, name, inet))
+        finally:
+            reflector.stop(state_dir + "/reflector.pid")
+    return d.report()
+
+
+def port_forward_once(gw, d, forward, name, inet):
+    """One forward: connections from the internet to the uplink's address; returns its figures."""
+    protocol = forward.get("protocol", "tcp")
+    before = dict((n, gw.lab.counters(gw.site, n)) for n in gw.uplinks)
+    burst = run_in_netns(inet, ["burst", "--flows", PORT_FORWARD_FLOWS, "--proto", protocol,
+                                "--targets", gw.address[name], "--dst-port", forward["port"]])
+    time.sleep(0.3)
+    after = dict((n, gw.lab.counters(gw.site, n)) for n in gw.uplinks)
+    drops = dict((n, after[n].get("bcp38_drop", 0) - before[n].get("bcp38_drop", 0)) for n in gw.uplinks)
+    sent_by = dict((n, after[n].get("from_cust", 0) - before[n].get("from_cust", 0)) for n in gw.uplinks)
+    key = "%s:%s/%s" % (name, forward["port"], protocol)
+    d.check(burst.get("ok") == burst.get("flows"), "%s: only %s of %s connections were answered"
+            % (key, burst.get("ok"), burst.get("flows")))
+    # a reply leaving by another uplink carries this uplink's address: that ISP drops it (BCP38)
+    d.check(not any(drops.values()), "%s: replies left by the wrong uplink (dropped by BCP38): %s" % (key, drops))
+    d.check(sent_by[name] >= burst.get("flows", 0), "%s: %s's router saw only %d packets from the gateway"
+            % (key, name, sent_by[name]))
+    return {key: {"answered": "%s/%s" % (burst.get("ok"), burst.get("flows")), "bcp38_drops": drops,
+                  "packets_from_gateway_by_isp": sent_by}}
+
+
+DRILLS = {"upstream": drill_upstream, "sticky-tcp": drill_sticky_tcp, "port-forward": drill_port_forward, "carrier": drill_carrier, "all-down": drill_all_down,
           "rerun": drill_rerun, "kill9": drill_kill9, "reboot": drill_reboot}
 
 
@@ -409,6 +506,9 @@ def main(argv=None):
     parser.add_argument("--inventory", help="inventory of the converge (rerun)")
     parser.add_argument("--playbook", help="site.yml (rerun)")
     parser.add_argument("--ansible-playbook", default="ansible-playbook")
+    parser.add_argument("--port-forwards", type=json.loads, help="the host's multiwan_port_forwards (JSON)")
+    parser.add_argument("--not-sticky", action="store_true",
+                        help="the gateway runs without multiwan_sticky_connections: moved flows are counted, not faults")
     args = parser.parse_args(argv)
     gateway = Gateway(Lab(args.lab), args.site)
     result = DRILLS[args.drill](gateway, args)

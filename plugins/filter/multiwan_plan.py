@@ -23,6 +23,7 @@ import json
 from collections.abc import Mapping
 
 from ansible.errors import AnsibleFilterError
+from ansible.module_utils.parsing.convert_bool import boolean
 from ansible_collections.multiwan.linux.plugins.filter.multiwan_validate import multiwan_problems
 from ansible_collections.multiwan.linux.plugins.module_utils import _watchdog as watchdog_core
 
@@ -149,6 +150,8 @@ def _group_route(family, uplinks):
 
 
 def _rule_family(rule):
+    if rule.get("family"):
+        return rule["family"]
     address = rule.get("from") or rule.get("to")
     return _family(ipaddress.ip_network(address, strict=False).version)
 
@@ -213,6 +216,12 @@ def multiwan_plan(data, host=None):
     rules = []
     for lan in lans:
         rules.append({"priority": LAN_RULE_PRIORITY, "to": str(lan.with_prefixlen), "table": MAIN_TABLE})
+    sticky = boolean(data.get("multiwan_sticky_connections", True), strict=True)
+    if sticky:
+        # Connections marked by the NAT table's mark chains keep their uplink (issue 6).
+        for up in uplinks:
+            rules.append({"priority": MARK_RULE_BASE + up.table, "family": up.family, "fwmark": "%#x" % up.mark,
+                          "fwmask": "%#x" % MARK_MASK, "table": up.table_text})
     for up in uplinks:
         rules.append({"priority": SOURCE_RULE_BASE + up.table, "from": up.address, "table": up.table_text})
 
@@ -235,7 +244,18 @@ def multiwan_plan(data, host=None):
         item = {"interface": up.interface}
         if up.nat == "snat":
             item["snat_address"] = up.address
+        if sticky:
+            item["mark"] = up.mark
         nat["uplinks"].append(item)
+    nat["mark_mask"] = MARK_MASK
+    by_name = dict((up.name, up) for up in uplinks)
+    nat["port_forwards"] = []
+    for forward in data.get("multiwan_port_forwards") or []:
+        item = {"interface": by_name[forward["uplink"]].interface, "protocol": forward.get("protocol") or "tcp",
+                "port": int(forward["port"]), "to": str(ipaddress.ip_address(forward["to"]))}
+        if forward.get("to_port") is not None:
+            item["to_port"] = int(forward["to_port"])
+        nat["port_forwards"].append(item)
 
     watchdog = dict((family, _watchdog(family, [up for up in uplinks if up.family == family], settings, rules))
                     for family in families)

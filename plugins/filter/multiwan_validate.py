@@ -18,6 +18,7 @@ import re
 from collections.abc import Mapping
 
 from ansible.errors import AnsibleFilterError
+from ansible.module_utils.parsing.convert_bool import boolean
 from ansible_collections.multiwan.linux.plugins.module_utils import _watchdog
 
 # Field names of one uplink; anything else is refused (a typo such as "gatway" would otherwise
@@ -684,7 +685,67 @@ def multiwan_problems(data, host=None, severity="error"):
         _check_uniques(chk, uplinks)
         _check_cross(chk, uplinks, lans)
         _check_min_targets(chk, uplinks, value, data.get("multiwan_watchdog"))
+    sticky = data.get("multiwan_sticky_connections")
+    if sticky is not None:
+        try:
+            boolean(sticky, strict=True)  # what the argument spec accepts (-e x=false is a string)
+        except TypeError:
+            chk.error("multiwan_sticky_connections", "must be true or false, got %s %s" % (_type_name(sticky), _show(sticky)))
+    _check_port_forwards(chk, data.get("multiwan_port_forwards"), uplinks, lans)
     return chk.render(severity)
+
+
+PORT_FORWARD_FIELDS = ("uplink", "protocol", "port", "to", "to_port")
+
+
+def _is_port(value):
+    return isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= 65535
+
+
+def _check_port_forwards(chk, value, uplinks, lans):
+    path = "multiwan_port_forwards"
+    if value is None:
+        return
+    if not _is_list(value):
+        chk.error(path, "must be a list of port forwards, got %s %s" % (_type_name(value), _show(value)))
+        return
+    by_name = dict((up.name, up) for up in uplinks if up.name)
+    seen = {}
+    for index, item in enumerate(value):
+        where = "%s[%d]" % (path, index)
+        if not isinstance(item, Mapping):
+            chk.error(where, "must be a mapping with uplink, protocol, port, to, got %s %s" % (_type_name(item), _show(item)))
+            continue
+        for key in item:
+            if key not in PORT_FORWARD_FIELDS:
+                close = difflib.get_close_matches(str(key), PORT_FORWARD_FIELDS, n=1)
+                hint = " (did you mean %s?)" % close[0] if close else ""
+                chk.error("%s.%s" % (where, key), "unknown field%s; known fields: %s" % (hint, ", ".join(PORT_FORWARD_FIELDS)))
+        up = by_name.get(item.get("uplink"))
+        if up is None:
+            chk.error(where + ".uplink", "%s is not the name of an uplink (%s)"
+                      % (_show(item.get("uplink")), ", ".join(sorted(by_name)) or "none"))
+        protocol = item.get("protocol", "tcp")
+        if protocol not in ("tcp", "udp"):
+            chk.error(where + ".protocol", "must be tcp or udp, got %s" % _show(protocol))
+        for key in ("port", "to_port"):
+            if (key in item or key == "port") and not _is_port(item.get(key)):
+                chk.error("%s.%s" % (where, key), "must be a port number 1..65535, got %s" % _show(item.get(key)))
+        try:
+            to = ipaddress.ip_address(item.get("to")) if _is_str(item.get("to")) else None
+        except ValueError:
+            to = None
+        if to is None:
+            chk.error(where + ".to", "must be the LAN server's address, got %s" % _show(item.get("to")))
+        elif not any(to in lan for dummy, lan in lans):
+            chk.error(where + ".to", "%s is not inside any of multiwan_lan_networks" % to)
+        elif up is not None and up.family is not None and up.family != to.version:
+            chk.error(where + ".to", "%s is IPv%d but %s is IPv%d" % (to, to.version, up.describe(), up.family))
+        key = (item.get("uplink"), protocol, item.get("port"))
+        if key in seen:
+            chk.error(where, "%s %s port %s is already forwarded by %s[%d]" % (key[0], key[1], key[2], path, seen[key]))
+        else:
+            seen[key] = index
 
 
 def _check_min_targets(chk, uplinks, raw_uplinks, settings):

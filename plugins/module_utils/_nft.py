@@ -41,6 +41,12 @@ QUOTED_META_KEYS = ("iifname", "oifname")
 IDENTIFIER = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,63}$")
 NAT_CHAIN = "nat_postrouting"
 SRCNAT_PRIORITY = 100  # "priority srcnat" for ip, ip6 and inet
+DNAT_CHAIN = "nat_prerouting"
+DSTNAT_PRIORITY = -100  # "priority dstnat"
+MARK_PREROUTING = "mark_prerouting"
+MARK_POSTROUTING = "mark_postrouting"
+MANGLE_PRIORITY = -150  # "priority mangle"
+DEFAULT_MARK_MASK = 0x00FF0000  # docs/design.md: an uplink's mark is table << 16 under this mask
 
 
 class NftError(Exception):
@@ -201,6 +207,39 @@ def snat(address, family=None):
     return {"snat": body}
 
 
+def ct(key):
+    return {"ct": {"key": key}}
+
+
+def masked(left, mask):
+    """``LEFT & MASK`` (the left side of a mark match)."""
+    return {"&": [left, mask]}
+
+
+def ct_new():
+    """``ct state new``."""
+    return match(ct("state"), "new", op="in")
+
+
+def set_mark_bits(key_expr, mask, value):
+    """``KEY set KEY & ~MASK | VALUE``: our bits under ``mask``, every other bit kept.
+
+    Spelled the way nft stores it: nft folds ``& ~MASK | VALUE`` into ``& (~MASK | VALUE) | VALUE``.
+    """
+    keep = ((~mask) & 0xFFFFFFFF) | value
+    return {"mangle": {"key": key_expr, "value": {"|": [{"&": [key_expr, keep]}, value]}}}
+
+
+def dnat(address, port=None, family=None):
+    """``dnat [ip|ip6] to ADDRESS[:PORT]``; inet tables need the family qualifier."""
+    body = {"addr": ipaddress.ip_address(address).compressed}
+    if family:
+        body["family"] = family
+    if port is not None:
+        body["port"] = int(port)
+    return {"dnat": body}
+
+
 def addresses(networks):
     """Canonical right-hand side matching any of ``networks`` (ip_network objects, one version)."""
     collapsed = list(ipaddress.collapse_addresses(networks))
@@ -221,6 +260,10 @@ def _render_operand(value, quoted):
 
 
 def _render_left(left):
+    if list(left) == ["&"] and isinstance(left["&"], list) and len(left["&"]) == 2:
+        return "%s & 0x%08x" % (_render_left(left["&"][0]), left["&"][1])
+    if list(left) == ["|"] and isinstance(left["|"], list) and len(left["|"]) == 2:
+        return "%s | 0x%08x" % (_render_left(left["|"][0]), left["|"][1])
     if list(left) == ["meta"]:
         return "meta %s" % left["meta"]["key"]
     if list(left) == ["payload"]:
@@ -238,8 +281,17 @@ def render_statement(stmt):
     if kind == "match":
         left = body["left"]
         quoted = list(left) == ["meta"] and left["meta"]["key"] in QUOTED_META_KEYS
-        op = "" if body["op"] == "==" else body["op"] + " "
+        # a bare "ct mark & M V" would not parse: masked matches spell out "=="
+        op = {"==": "== " if "&" in left else "", "in": ""}.get(body["op"], body["op"] + " ")
         return "%s %s%s" % (_render_left(left), op, _render_operand(body["right"], quoted))
+    if kind == "mangle":
+        return "%s set %s" % (_render_left(body["key"]), _render_left(body["value"]))
+    if kind == "dnat" and isinstance(body, dict) and set(body) <= {"addr", "family", "port"}:
+        family = body.get("family")
+        address = body["addr"]
+        if "port" in body:
+            address = ("[%s]:%d" if ":" in address else "%s:%d") % (address, body["port"])
+        return "dnat %sto %s" % (family + " " if family else "", address)
     if kind in ("masquerade", "return", "accept", "drop") and body is None:
         return kind
     if kind == "snat" and isinstance(body, dict) and set(body) <= {"addr", "family"}:
@@ -386,13 +438,19 @@ def _by_version(networks):
     return grouped
 
 
-def masquerade_table(family, name, uplinks, source_networks=None, exclude_destinations=None):
+def masquerade_table(family, name, uplinks, source_networks=None, exclude_destinations=None,
+                     mark_mask=DEFAULT_MARK_MASK, port_forwards=None):
     """The desired NAT table; ValueError naming the field for every bad parameter.
 
-    ``uplinks``: list of ``{"interface": str, "snat_address": str or None}``.
+    ``uplinks``: list of ``{"interface": str, "snat_address": str or None, "mark": int or None}``.
     Chain ``nat_postrouting``: first ``ip[6] daddr {excluded} return``, then per uplink (sorted by
     interface) and per address version of ``source_networks`` one ``oifname X [ip saddr {...}]
     masquerade|snat to A`` rule.
+
+    Uplinks with a ``mark`` get connection marks (sticky connections, docs/design.md): chains
+    ``mark_prerouting`` and ``mark_postrouting`` (see :func:`mark_chains`). ``port_forwards``
+    (list of ``{"interface", "protocol", "port", "to", "to_port", "destination"}``) become
+    ``dnat`` rules in chain ``nat_prerouting``.
     """
     _versions(family, "family")
     validate_table_name(name)
@@ -404,6 +462,7 @@ def masquerade_table(family, name, uplinks, source_networks=None, exclude_destin
         raise ValueError("uplinks: at least one uplink is needed")
     seen = {}
     planned = []
+    marks = {}
     for index, uplink in enumerate(uplinks):
         field = "uplinks[%d]" % index
         if not isinstance(uplink, dict):
@@ -421,6 +480,8 @@ def masquerade_table(family, name, uplinks, source_networks=None, exclude_destin
         else:
             address = None
         planned.append((interface, address))
+        if uplink.get("mark") not in (None, 0):
+            marks[interface] = _check_mark(uplink["mark"], mark_mask, field + ".mark", marks)
 
     rules = []
     excluded_by_version = _by_version(excluded)
@@ -442,8 +503,90 @@ def masquerade_table(family, name, uplinks, source_networks=None, exclude_destin
         for version in versions:
             rules.append([out, match(payload(PAYLOAD_PROTOCOL[version], "saddr"),
                                      addresses(sources_by_version[version])), action])
-    chain = Chain(NAT_CHAIN, "nat", "postrouting", SRCNAT_PRIORITY, "accept", rules)
-    return Table(family, name, [chain])
+    chains = [Chain(NAT_CHAIN, "nat", "postrouting", SRCNAT_PRIORITY, "accept", rules)]
+    if marks:
+        chains += mark_chains(marks, mark_mask)
+    forwards = _port_forward_rules(family, port_forwards or [], seen)
+    if forwards:
+        chains.append(Chain(DNAT_CHAIN, "nat", "prerouting", DSTNAT_PRIORITY, "accept", forwards))
+    return Table(family, name, chains)
+
+
+def _check_mark(value, mask, field, taken):
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError("%s: %r is not a number" % (field, value))
+    if not isinstance(mask, int) or isinstance(mask, bool) or not 0 < mask <= 0xFFFFFFFF:
+        raise ValueError("mark_mask: %r is not a 32-bit mask" % (mask,))
+    if value & ~mask & 0xFFFFFFFF or not value & mask:
+        raise ValueError("%s: %#x has bits outside mark_mask %#010x (or none inside)" % (field, value, mask))
+    for interface, other in taken.items():
+        if other == value:
+            raise ValueError("%s: %#x is also the mark of %s" % (field, value, interface))
+    return value
+
+
+def mark_chains(marks, mask):
+    """Connection marks of the uplinks (``{interface: mark}``), under ``mask`` only.
+
+    ``mark_prerouting`` (filter, prerouting, mangle): a new connection arriving on uplink X is
+    marked X (inbound, port forwards); every packet of a marked connection gets the mark as its
+    packet mark, which the ``fwmark`` rules route by (replies and later packets keep the uplink).
+    ``mark_postrouting`` (filter, postrouting, mangle): a new connection still unmarked is marked
+    with the uplink it leaves by (the multipath choice of its first packet).
+    Other software's bits of the packet and connection marks are kept.
+    """
+    inbound, restore, outbound = [], [], []
+    for interface in sorted(marks):
+        mark = marks[interface]
+        inbound.append([ct_new(), match(meta("iifname"), interface), set_mark_bits(ct("mark"), mask, mark)])
+        restore.append([match(masked(ct("mark"), mask), mark), set_mark_bits(meta("mark"), mask, mark)])
+        outbound.append([ct_new(), match(masked(ct("mark"), mask), 0), match(meta("oifname"), interface),
+                         set_mark_bits(ct("mark"), mask, mark)])
+    return [Chain(MARK_PREROUTING, "filter", "prerouting", MANGLE_PRIORITY, "accept", inbound + restore),
+            Chain(MARK_POSTROUTING, "filter", "postrouting", MANGLE_PRIORITY, "accept", outbound)]
+
+
+PORT_FORWARD_PROTOCOLS = ("tcp", "udp")
+
+
+def _port(value, field):
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 65535:
+        raise ValueError("%s: %r is not a port (1..65535)" % (field, value))
+    return value
+
+
+def _port_forward_rules(family, forwards, interfaces):
+    rules, seen = [], {}
+    for index, forward in enumerate(forwards):
+        field = "port_forwards[%d]" % index
+        if not isinstance(forward, dict):
+            raise ValueError("%s: must be a dict with interface, protocol, port and to" % field)
+        interface = validate_ifname(forward.get("interface"), field + ".interface")
+        if interface not in interfaces:
+            raise ValueError("%s.interface: %s is not one of the uplinks" % (field, interface))
+        protocol = forward.get("protocol") or "tcp"
+        if protocol not in PORT_FORWARD_PROTOCOLS:
+            raise ValueError("%s.protocol: %r is not tcp or udp" % (field, protocol))
+        port = _port(forward.get("port"), field + ".port")
+        to = parse_address(forward.get("to"), family, field + ".to")
+        to_port = _port(forward["to_port"], field + ".to_port") if forward.get("to_port") is not None else None
+        key = (interface, protocol, port)
+        if key in seen:
+            raise ValueError("%s: %s %s port %d is already forwarded by port_forwards[%d]"
+                             % (field, interface, protocol, port, seen[key]))
+        seen[key] = index
+        rule = [match(meta("iifname"), interface)]
+        if forward.get("destination"):
+            destination = parse_address(forward["destination"], family, field + ".destination")
+            if destination.version != to.version:
+                raise ValueError("%s.destination: IPv%d, but to is IPv%d" % (field, destination.version, to.version))
+            rule.append(match(payload(PAYLOAD_PROTOCOL[destination.version], "daddr"), destination.compressed))
+        elif family == "inet":
+            rule.append(match(meta("nfproto"), "ipv%d" % to.version))
+        rule.append(match(payload(protocol, "dport"), port))
+        rule.append(dnat(to, to_port, PAYLOAD_PROTOCOL[to.version] if family == "inet" else None))
+        rules.append(rule)
+    return rules
 
 
 # -- running nft ------------------------------------------------------------------------------

@@ -17,9 +17,16 @@ description:
   - Traffic to O(exclude_destinations) is never translated (C(ip daddr {...} return) first). When
     O(source_networks) is given, only traffic from those networks is translated.
   - The module owns the B(whole) table. Anything else found in it (other chains, sets, maps) is
-    removed and shown in the diff. Later features of the collection that need more chains (for
-    example connection marks for sticky sessions) add them to this same table through options of
-    the collection's modules, never by editing the table by hand.
+    removed and shown in the diff.
+  - Sticky connections (O(uplinks[].mark)) add chains C(mark_prerouting) and C(mark_postrouting)
+    (C(type filter), C(priority mangle)) to the same table. A new connection is marked with the
+    uplink it leaves by (its first packet's multipath choice) or arrives on (inbound, port
+    forwards); every later packet of a marked connection gets the mark as its packet mark, so
+    C(ip rule fwmark MARK/MASK lookup TABLE) (module M(multiwan.linux.ip_rule)) keeps the whole
+    connection, replies included, on that uplink. Only the bits of O(mark_mask) are used; marks
+    other software sets in the other bits keep working.
+  - O(port_forwards) add a chain C(nat_prerouting) (C(type nat hook prerouting priority dstnat))
+    with one C(dnat) rule per forward.
   - The live table is read with C(nft -j list table) and compared as normalised JSON expressions
     with the desired rules; nothing is changed when they are equal. A change replaces the whole
     table in one C(nft -f) transaction (C(table X), C(delete table X), new definition), which the
@@ -74,6 +81,49 @@ options:
             picks the interface's current address and follows address changes (DHCP, PPPoE).
           - In an V(inet) table an IPv4 address translates only IPv4 traffic and an IPv6 address
             only IPv6 traffic.
+        type: str
+      mark:
+        description:
+          - Connection mark of this uplink (sticky connections), inside O(mark_mask) and unique.
+            The collection's role uses the uplink's table id shifted left by 16 (docs/design.md).
+          - Omit it (or give 0) for no marking on this uplink.
+        type: int
+  mark_mask:
+    description:
+      - The bits of the packet and connection marks this table uses for O(uplinks[].mark); other
+        bits are left alone.
+    type: int
+    default: 16711680
+  port_forwards:
+    description:
+      - Inbound port forwards to LAN servers, one C(dnat) rule each. With marks, replies leave by
+        the uplink the connection came in on.
+    type: list
+    elements: dict
+    default: []
+    suboptions:
+      interface:
+        description: The uplink interface the connections arrive on; one of O(uplinks[].interface).
+        type: str
+        required: true
+      protocol:
+        description: Transport protocol.
+        type: str
+        choices: [tcp, udp]
+        default: tcp
+      port:
+        description: Destination port on the uplink.
+        type: int
+        required: true
+      to:
+        description: The LAN server's address.
+        type: str
+        required: true
+      to_port:
+        description: The server's port; default the same as O(port_forwards[].port).
+        type: int
+      destination:
+        description: Only connections to this address of the gateway (default any address of the interface).
         type: str
   source_networks:
     description:
@@ -171,6 +221,22 @@ EXAMPLES = r"""
     source_networks:
       - 10.1.0.0/24
       - fd00:1::/64
+
+- name: Sticky connections (marks 0x650000 / 0x660000 under 0x00ff0000) and a port forward on wan2
+  multiwan.linux.nft_masquerade:
+    uplinks:
+      - interface: wan1
+        mark: 0x650000     # table 101 << 16; ip rule fwmark 0x650000/0xff0000 lookup 101
+      - interface: wan2
+        mark: 0x660000
+    source_networks:
+      - 10.1.0.0/24
+    port_forwards:
+      - interface: wan2
+        protocol: tcp
+        port: 8080
+        to: 10.1.0.10
+        to_port: 80
 
 - name: Remove the NAT table, its persisted file and the include line
   multiwan.linux.nft_masquerade:
@@ -390,6 +456,16 @@ def main():
             uplinks=dict(type="list", elements="dict", default=[], options=dict(
                 interface=dict(type="str", required=True),
                 snat_address=dict(type="str"),
+                mark=dict(type="int"),
+            )),
+            mark_mask=dict(type="int", default=_nft.DEFAULT_MARK_MASK),
+            port_forwards=dict(type="list", elements="dict", default=[], options=dict(
+                interface=dict(type="str", required=True),
+                protocol=dict(type="str", choices=["tcp", "udp"], default="tcp"),
+                port=dict(type="int", required=True),
+                to=dict(type="str", required=True),
+                to_port=dict(type="int"),
+                destination=dict(type="str"),
             )),
             source_networks=dict(type="list", elements="str", default=[]),
             exclude_destinations=dict(type="list", elements="str", default=[]),
@@ -408,7 +484,8 @@ def main():
         desired = None
         if params["state"] == "present":
             desired = _nft.masquerade_table(family, table, params["uplinks"], params["source_networks"],
-                                            params["exclude_destinations"])
+                                            params["exclude_destinations"], params["mark_mask"],
+                                            params["port_forwards"])
         persist_path = main_config = None
         if params["persist"]:
             default_path, default_main = default_persist_paths(family, table)

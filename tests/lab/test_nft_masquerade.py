@@ -343,3 +343,30 @@ def test_reload_keeps_existing_translations(routed):
     # A new flow uses the new rule (the ISP's BCP38 filter drops 100.64.1.3, so no answer).
     client(routed, ["ping", "-c", "1", "-W", "1", INTERNET_HOST])
     assert sorted(icmp_bindings(routed)) == ["100.64.1.2", "100.64.1.3"]
+
+
+def test_marks_and_port_forwards_create_rerun_check_and_drop(gw):
+    """Sticky-connection marks and a port forward: created, idempotent, check mode, removed again."""
+    sticky = dict(uplinks=[{"interface": "wan1", "mark": 0x650000}, {"interface": "ppp0", "mark": 0x660000}],
+                  source_networks=LAN,
+                  port_forwards=[{"interface": "ppp0", "protocol": "tcp", "port": 8080, "to": "10.1.0.10",
+                                  "to_port": 80}])
+    predicted = run(gw, check=True, diff=True, **sticky)
+    assert predicted["changed"] is True and nft_text(gw, "ip multiwan") is None  # check mode: nothing
+    assert run(gw, **sticky)["changed"] is True
+    text = nft_text(gw, "ip multiwan")
+    assert 'ct state new iifname "wan1" ct mark set ct mark & 0xff65ffff | 0x00650000' in text
+    assert "ct mark & 0x00ff0000 == 0x00660000 meta mark set meta mark & 0xff66ffff | 0x00660000" in text
+    assert 'ct state new ct mark & 0x00ff0000 == 0x00000000 oifname "ppp0" ct mark set' in text
+    assert 'iifname "ppp0" tcp dport 8080 dnat to 10.1.0.10:80' in text
+    chains, dummy = our_json(gw)
+    assert sorted((c["name"], c["type"], c["hook"], c["prio"]) for c in chains) == [
+        ("mark_postrouting", "filter", "postrouting", -150), ("mark_prerouting", "filter", "prerouting", -150),
+        ("nat_postrouting", "nat", "postrouting", 100), ("nat_prerouting", "nat", "prerouting", -100)]
+    assert "dnat to 10.1.0.10:80" in gw.read(OUR_FILE)  # persisted like the rest
+    assert run(gw, **sticky)["changed"] is False          # idempotent against the kernel's own spelling
+    assert run(gw, check=True, **sticky)["changed"] is False  # check mode agrees
+    plain = run(gw, diff=True, uplinks=[{"interface": "wan1"}, {"interface": "ppp0"}], source_networks=LAN)
+    assert plain["changed"] is True
+    chains, dummy = our_json(gw)
+    assert [c["name"] for c in chains] == ["nat_postrouting"]

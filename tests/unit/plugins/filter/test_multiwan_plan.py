@@ -57,8 +57,12 @@ def test_example_inventory_plans(host):
     lan_rules = [r for r in plan["rules"] if r["priority"] == 1000]
     assert [r["to"] for r in lan_rules] == _example(host)["multiwan_lan_networks"]
     assert all(r["table"] == "main" for r in lan_rules)
-    assert [(r["priority"], r["from"], r["table"]) for r in plan["rules"] if r["priority"] != 1000] == [
+    assert [(r["priority"], r["from"], r["table"]) for r in plan["rules"] if r["priority"] >= 3000] == [
         (3000 + u["table"], u["address"].split("/")[0], str(u["table"])) for u in uplinks]
+    # sticky connections (default on): fwmark <table << 16>/0x00ff0000 lookup <table> at 2000 + table
+    assert [(r["priority"], r["fwmark"], r["fwmask"], r["table"]) for r in plan["rules"]
+            if 2000 <= r["priority"] < 3000] == [
+        (2000 + u["table"], hex(u["table"] << 16), "0xff0000", str(u["table"])) for u in uplinks]
     # the weighted default in main: explicit ids from design.md, weights from the inventory
     group = [r for r in plan["main_routes"] if r["destination"] == "default"]
     assert len(group) == 1
@@ -101,8 +105,10 @@ def test_south_details():
     assert pinned == [{"table": "main", "destination": "198.18.7.0/24", "family": "inet", "metric": 0,
                        "nexthops": [{"via": "100.64.30.1", "dev": "wan1"}]}]
     # snat for fibre (static address), masquerade for the others; sorted by interface
-    assert plan["nat"]["uplinks"] == [{"interface": "wan1", "snat_address": "100.64.30.2"},
-                                      {"interface": "wan2"}, {"interface": "wan3"}]
+    assert plan["nat"]["uplinks"] == [{"interface": "wan1", "snat_address": "100.64.30.2", "mark": 101 << 16},
+                                      {"interface": "wan2", "mark": 102 << 16}, {"interface": "wan3", "mark": 103 << 16}]
+    assert plan["nat"]["mark_mask"] == 0x00FF0000
+    assert plan["nat"]["port_forwards"] == [{"interface": "wan1", "protocol": "tcp", "port": 443, "to": "10.21.0.10"}]
     assert plan["nat"]["source_networks"] == ["10.20.0.0/24", "10.21.0.0/24"]
     assert plan["route_tables"] == [101, 102, 103, 254]
     assert [u["mark"] for u in plan["uplinks"]] == [101 << 16, 102 << 16, 103 << 16]
@@ -313,3 +319,20 @@ def test_sysctl_drift():
 def test_filters_registered():
     assert set(FilterModule().filters()) == {
         "multiwan_plan", "multiwan_route_conflicts", "multiwan_purge_tables", "multiwan_sysctl_drift"}
+
+
+def test_sticky_connections_off_and_port_forwards():
+    data = _two_uplinks(multiwan_sticky_connections="false",  # as `-e multiwan_sticky_connections=false` gives it
+                        multiwan_port_forwards=[{"uplink": "isp2", "port": 8080, "to": "10.1.0.10", "to_port": 80},
+                                                {"uplink": "isp1", "protocol": "udp", "port": 5060, "to": "10.1.0.11"}])
+    plan = multiwan_plan(data)
+    assert not [r for r in plan["rules"] if "fwmark" in r]
+    assert all("mark" not in u for u in plan["nat"]["uplinks"])
+    interfaces = dict((u["name"], u["interface"]) for u in data["multiwan_uplinks"])
+    assert plan["nat"]["port_forwards"] == [
+        {"interface": interfaces["isp2"], "protocol": "tcp", "port": 8080, "to": "10.1.0.10", "to_port": 80},
+        {"interface": interfaces["isp1"], "protocol": "udp", "port": 5060, "to": "10.1.0.11"}]
+    # the fwmark rules go to the watchdog's config too (restored at boot), with their family
+    sticky = multiwan_plan(_two_uplinks())
+    assert [r["priority"] for r in sticky["watchdog"]["rules"] if "fwmark" in r] == [
+        r["priority"] for r in sticky["rules"] if "fwmark" in r]

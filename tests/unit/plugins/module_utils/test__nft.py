@@ -228,3 +228,54 @@ def test_apply_is_one_transaction_and_errors_name_the_object():
     assert runner.calls == [(["/usr/sbin/nft", "-f", "-"], "delete table ip multiwan\n")]
     with pytest.raises(_nft.NftError, match="table ip multiwan: Error: Could not process rule"):
         nft.apply("x", "table ip multiwan")
+
+
+# -- connection marks and port forwards (sticky connections) -----------------------------------
+
+STICKY_UPLINKS = [{"interface": "wan1", "mark": 0x650000}, {"interface": "wan2", "mark": 0x660000, "snat_address": "100.64.2.2"}]
+
+
+@pytest.mark.parametrize("fixture, family, forwards, sources", [
+    ("ip_sticky", "ip", [{"interface": "wan2", "protocol": "tcp", "port": 8080, "to": "10.1.0.10", "to_port": 80},
+                         {"interface": "wan1", "protocol": "udp", "port": 5060, "to": "10.1.0.11",
+                          "destination": "100.64.1.2"}], ["10.1.0.0/24"]),
+    ("inet_sticky", "inet", [{"interface": "wan2", "protocol": "tcp", "port": 8080, "to": "10.1.0.10", "to_port": 80},
+                             {"interface": "wan2", "protocol": "tcp", "port": 8443, "to": "2001:db8:1::10",
+                              "to_port": 443}], ["10.1.0.0/24", "2001:db8:1::/64"]),
+])
+def test_captured_sticky_table_equals_desired(fixture, family, forwards, sources):
+    desired = _nft.masquerade_table(family, "multiwan", STICKY_UPLINKS, sources, [], port_forwards=forwards)
+    assert live(fixture, family).states() == desired.states()
+    assert sorted(desired.chains) == ["mark_postrouting", "mark_prerouting", "nat_postrouting", "nat_prerouting"]
+
+
+def test_marks_keep_other_bits_and_render_as_nft_stores_them():
+    desired = _nft.masquerade_table("ip", "multiwan", STICKY_UPLINKS, ["10.1.0.0/24"])
+    text = _nft.render_table(desired)
+    # our bits only: everything outside 0x00ff0000 is kept (nft folds the value into the and-mask)
+    assert "ct mark set ct mark & 0xff65ffff | 0x00650000" in text
+    assert "ct mark & 0x00ff0000 == 6619136 meta mark set meta mark & 0xff65ffff | 0x00650000" in text
+    assert "ct state new ct mark & 0x00ff0000 == 0 meta oifname \"wan2\"" in text
+    assert "nat_prerouting" not in desired.chains  # no port forwards, no dnat chain
+    plain = _nft.masquerade_table("ip", "multiwan", [{"interface": "wan1"}], ["10.1.0.0/24"])
+    assert sorted(plain.chains) == ["nat_postrouting"]  # no marks, no mark chains
+
+
+@pytest.mark.parametrize("uplinks, forwards, field", [
+    ([{"interface": "wan1", "mark": 0x1}], [], "uplinks[0].mark"),                       # outside the mask
+    ([{"interface": "wan1", "mark": "x"}], [], "uplinks[0].mark"),
+    ([{"interface": "wan1", "mark": 0x650000}, {"interface": "wan2", "mark": 0x650000}], [], "uplinks[1].mark"),
+    ([{"interface": "wan1"}], [{"interface": "wan9", "port": 80, "to": "10.1.0.1"}], "port_forwards[0].interface"),
+    ([{"interface": "wan1"}], [{"interface": "wan1", "port": 0, "to": "10.1.0.1"}], "port_forwards[0].port"),
+    ([{"interface": "wan1"}], [{"interface": "wan1", "port": 80, "to": "10.1.0.1", "protocol": "icmp"}],
+     "port_forwards[0].protocol"),
+    ([{"interface": "wan1"}], [{"interface": "wan1", "port": 80, "to": "nothere"}], "port_forwards[0].to"),
+    ([{"interface": "wan1"}], [{"interface": "wan1", "port": 80, "to": "10.1.0.1", "to_port": 70000}],
+     "port_forwards[0].to_port"),
+    ([{"interface": "wan1"}], [{"interface": "wan1", "port": 80, "to": "10.1.0.1"},
+                               {"interface": "wan1", "port": 80, "to": "10.1.0.2"}], "port_forwards[1]"),
+])
+def test_bad_sticky_parameters_name_the_field(uplinks, forwards, field):
+    with pytest.raises(ValueError) as err:
+        _nft.masquerade_table("ip", "multiwan", uplinks, ["10.1.0.0/24"], port_forwards=forwards)
+    assert str(err.value).startswith(field), str(err.value)
