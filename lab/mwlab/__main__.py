@@ -1,6 +1,6 @@
 """Command line: ``python3 -m mwlab [--lab NAME] VERB ...`` (run as root, PYTHONPATH=lab).
 
-Verbs: up TOPOLOGY [--systemd] | reboot SITE [--hard] | down | status [--json] | inventory [--output FILE] |
+Verbs: up TOPOLOGY [--systemd] | reboot SITE [--hard] | down | status [--json] | inventory [--output FILE] [--connection nsenter|ssh [--via lan|inet] [--uplink U]] |
 fail SITE UPLINK --mode upstream|link|blackhole | restore SITE UPLINK |
 impair SITE UPLINK --loss PCT|--clear | exec SITE ROLE -- CMD... (exec inet -- CMD...).
 
@@ -21,7 +21,7 @@ import os
 import sys
 from pathlib import Path
 
-from .lab import FAIL_MODES, Lab, lab_name
+from .lab import FAIL_MODES, SSH_VIA, Lab, lab_name
 from .netns import LabError
 from .topology import Topology, TopologyError, parse_text
 
@@ -95,7 +95,13 @@ def _cmd_status(args: argparse.Namespace) -> int:
 
 
 def _cmd_inventory(args: argparse.Namespace) -> int:
-    text = Lab(args.lab).inventory_yaml()
+    lab = Lab(args.lab)
+    if args.connection == "ssh":
+        plain = [s.name for s in lab.topology.sites if not s.systemd]
+        if plain:
+            print(f"mwlab: warning: site(s) {', '.join(plain)} are not in systemd mode (no sshd): "
+                  "they keep the nsenter connection", file=sys.stderr)
+    text = lab.inventory_yaml(args.connection, args.via, args.uplink)
     if args.output:
         Path(args.output).write_text(text)
     else:
@@ -180,6 +186,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("inventory", help="print an Ansible inventory (YAML) for the gateways")
     p.add_argument("--output", "-o")
+    p.add_argument("--connection", choices=("nsenter", "ssh"), default="nsenter",
+                   help="nsenter (default): into the gateway's namespaces; ssh: plain OpenSSH through the "
+                        "lab's network to systemd-mode gateways, from a lab namespace (see --via)")
+    p.add_argument("--via", choices=SSH_VIA, default="lan",
+                   help="ssh management station: lan = the site's client c1 to the gateway's LAN address "
+                        "(default); inet = the internet namespace to an uplink address (needs a route back)")
+    p.add_argument("--uplink", metavar="NAME", help="with --via inet: the uplink whose address SSH goes to "
+                   "(default: each site's first)")
     p.set_defaults(func=_cmd_inventory)
 
     p = sub.add_parser("fail", help="break an uplink")

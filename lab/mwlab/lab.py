@@ -27,6 +27,13 @@ Sysctls: routers ip_forward=1, IPv6 forwarding=1, rp_filter=0; gateway ip_forwar
 forwarding=0, rp_filter=0 (explicit, so results do not depend on the host's values); internet
 rp_filter=0.
 
+SSH management (systemd-mode gateways run sshd): ``up`` makes the lab's key pair and files under
+``/run/mwlab/L/ssh/`` (see :meth:`Lab._setup_ssh`) and ``inventory(connection="ssh")`` points
+Ansible's ssh connection at a gateway's LAN address from client ``L-S-c1`` (``via="lan"``) or at
+an uplink address from the internet namespace (``via="inet"``): SSH always starts inside a lab
+namespace, through wrapper scripts that ``nsenter --net`` there, so a change that cuts the
+management path is seen as UNREACHABLE, as on a real network.
+
 ``up`` on a lab name that already exists (state file or any ``L-*`` namespace) tears that lab
 down first. ``down`` kills the lab's recorded processes (pid + start time + cmdline checked) and
 every process still living in one of the lab's network namespaces (so nothing keeps a
@@ -75,6 +82,14 @@ SYSTEMD_NAMESPACES = ("net", "mount", "pid", "uts", "ipc")
 BOOT_TIMEOUT = 120
 OVERLAY_DIRS = ("etc", "root", "var")  # order matters: /var last (the upper dirs live in it)
 LAB_DIR = Path(__file__).resolve().parent.parent  # the directory that holds the mwlab package
+SSH_VIA = ("lan", "inet")  # management station: the site's first LAN client, or the internet
+SSH_PROGRAMS = ("ssh", "sftp", "scp")  # each gets a wrapper that runs it in the station's netns
+# ssh_common_args of the ssh inventory (besides key, known_hosts and bind address): no config
+# files of this machine, no agent keys, no prompts; a dead path is noticed within seconds
+# (ServerAlive also ends a ControlPersist master whose TCP connection died).
+SSH_OPTIONS = ("-F none -o IdentitiesOnly=yes -o BatchMode=yes -o StrictHostKeyChecking=yes "
+               "-o GlobalKnownHostsFile=/dev/null -o ServerAliveInterval=2 -o ServerAliveCountMax=2")
+SSH_TIMEOUT = 5  # ansible_ssh_timeout (ConnectTimeout): a cut path is UNREACHABLE within seconds
 
 # Processes this interpreter started, kept referenced so Popen never warns and can reap them.
 _CHILDREN: dict[int, subprocess.Popen] = {}
@@ -375,6 +390,129 @@ class Lab:
         except (OSError, ValueError):
             return None
 
+    # ---- SSH management path -----------------------------------------------------------------------
+    @property
+    def ssh_dir(self) -> Path:
+        """``/run/mwlab/L/ssh``: key pair, known_hosts, wrappers, ControlPersist sockets."""
+        return self.run_dir / "ssh"
+
+    def ssh_key(self) -> Path:
+        return self.ssh_dir / "id_ed25519"
+
+    def ssh_wrapper(self, station_ns: str, program: str = "ssh") -> Path:
+        """Executable that runs ``program`` (ssh, sftp, scp) in namespace ``station_ns``."""
+        if program not in SSH_PROGRAMS:
+            raise LabError(f"no wrapper for {program!r} (have {', '.join(SSH_PROGRAMS)})")
+        return self.ssh_dir / station_ns / program
+
+    @staticmethod
+    def _keygen(path: Path, comment: str) -> str:
+        """ssh-keygen an ed25519 pair at ``path`` (no passphrase); returns the public key line."""
+        for f in (path, path.with_name(path.name + ".pub")):
+            f.unlink(missing_ok=True)
+        p = subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", comment, "-f", str(path)],
+                           capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL)
+        if p.returncode != 0:
+            raise LabError(f"ssh-keygen -f {path} failed (rc {p.returncode}): {(p.stderr or p.stdout).strip()}")
+        os.chmod(path, 0o600)
+        return path.with_name(path.name + ".pub").read_text().strip()
+
+    def _write_ssh_wrappers(self, station_ns: str) -> None:
+        d = self.ssh_dir / station_ns
+        d.mkdir(mode=0o700, parents=True, exist_ok=True)
+        netns = self.ns.path(station_ns)
+        for prog in SSH_PROGRAMS:
+            binary = shutil.which(prog) or f"/usr/bin/{prog}"
+            w = d / prog
+            w.write_text(f"#!/bin/sh\n# mwlab {self.name}: {prog} from the management station {station_ns} "
+                         f"(a lab namespace, never the host's)\nexec nsenter --net={netns} -- {binary} \"$@\"\n")
+            os.chmod(w, 0o755)
+
+    def _setup_ssh(self, topo: Topology) -> None:
+        """Before the containers boot: the lab's key pair (``ssh/id_ed25519``, 0600), per
+        systemd-mode gateway a host key and ``/root/.ssh/authorized_keys`` in its overlay's upper
+        dir (the gateway's disk, never the host's /root), a ``known_hosts`` naming each gateway by
+        its machine name (``HostKeyAlias``), wrappers for ssh/sftp/scp per management station
+        (each site's ``c1`` and the internet namespace) and the ControlPersist directory ``cp``."""
+        sites = [s for s in topo.sites if s.systemd]
+        if not sites:
+            return
+        self.ssh_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        (self.ssh_dir / "cp").mkdir(mode=0o700, exist_ok=True)
+        pub = self._keygen(self.ssh_key(), f"mwlab-{self.name}")
+        known = []
+        for s in sites:
+            upper = self.var_dir / s.name / "rootfs" / "upper"
+            etc_ssh = upper / "etc" / "ssh"
+            etc_ssh.mkdir(parents=True, exist_ok=True)
+            host_pub = self._keygen(etc_ssh / "ssh_host_ed25519_key", self.machine(s.name))
+            known.append(f"{self.machine(s.name)} {' '.join(host_pub.split()[:2])}")
+            root = upper / "root"
+            root.mkdir(mode=0o700, parents=True, exist_ok=True)
+            os.chmod(root, 0o700)  # the merged /root takes the upper dir's mode
+            (root / ".ssh").mkdir(mode=0o700, exist_ok=True)
+            ak = root / ".ssh" / "authorized_keys"
+            ak.write_text(pub + "\n")
+            os.chmod(ak, 0o600)
+            if s.clients >= 1:
+                self._write_ssh_wrappers(s.client_ns(1))
+        self._write_ssh_wrappers(topo.inet_ns)
+        (self.ssh_dir / "known_hosts").write_text("".join(line + "\n" for line in known))
+
+    def ssh_target(self, site: str, via: str = "lan", uplink: str | None = None,
+                   topo: Topology | None = None) -> dict[str, str]:
+        """Where SSH management of ``site`` starts and goes: ``namespace`` (the station),
+        ``address`` (the station's source address, what the gateway sees), ``host`` (the
+        gateway's address SSH connects to). ``lan``: from client c1 to the gateway's LAN address;
+        ``inet``: from the internet namespace (its transit address towards that ISP) to the
+        uplink's address (default the site's first uplink); the gateway needs a route back (a
+        default route or the role's per-uplink tables)."""
+        topo = topo or self.topology
+        s = topo.site(site)
+        if via == "lan":
+            if s.clients < 1:
+                raise LabError(f"site {site} has no LAN client to manage it from (clients: 0); use via inet")
+            return {"via": via, "namespace": s.client_ns(1), "address": str(s.client_address(1).ip),
+                    "host": str(s.gw_lan_address.ip)}
+        if via == "inet":
+            u = s.uplink(uplink) if uplink else s.uplinks[0]
+            return {"via": via, "namespace": topo.inet_ns, "address": str(u.transit_inet),
+                    "host": str(u.address.ip), "uplink": u.name}
+        raise LabError(f"unknown management path {via!r} (choose {', '.join(SSH_VIA)})")
+
+    def _ssh_hostvars(self, site: str, via: str, uplink: str | None, topo: Topology) -> dict[str, Any]:
+        if not self.ssh_key().exists():
+            raise LabError(f"lab {self.name}: no SSH key at {self.ssh_key()} (built before SSH support? run up again)")
+        t = self.ssh_target(site, via, uplink, topo)
+        wrappers = {p: self.ssh_wrapper(t["namespace"], p) for p in SSH_PROGRAMS}
+        if not wrappers["ssh"].exists():
+            self._write_ssh_wrappers(t["namespace"])
+        common = (f"{SSH_OPTIONS} -o HostKeyAlias={self.machine(site)} "
+                  f"-o UserKnownHostsFile={self.ssh_dir / 'known_hosts'} -o BindAddress={t['address']}")
+        hv: dict[str, Any] = {
+            "ansible_connection": "ssh",
+            "ansible_host": t["host"],
+            "ansible_port": 22,
+            "ansible_user": "root",
+            "ansible_ssh_private_key_file": str(self.ssh_key()),
+            "ansible_ssh_executable": str(wrappers["ssh"]),
+            "ansible_sftp_executable": str(wrappers["sftp"]),
+            "ansible_scp_executable": str(wrappers["scp"]),
+            "ansible_ssh_transfer_method": "sftp",
+            "ansible_ssh_common_args": common,
+            "ansible_ssh_timeout": SSH_TIMEOUT,
+            "ansible_host_key_checking": True,
+            "ansible_control_path_dir": str(self.ssh_dir / "cp"),
+            "ansible_python_interpreter": "/usr/bin/python3",
+            "ansible_pipelining": True,
+            "mwlab_mgmt_via": via,
+            "mwlab_mgmt_namespace": t["namespace"],
+            "mwlab_mgmt_address": t["address"],
+        }
+        if "uplink" in t:
+            hv["mwlab_mgmt_uplink"] = t["uplink"]
+        return hv
+
     def _kill_stray_nspawns(self) -> None:
         """systemd-nspawn (and its supervisor) of this lab's machines that outlived their
         supervisor record (a crash): they live in the host's netns, so the netns sweep misses them."""
@@ -470,6 +608,7 @@ class Lab:
             self._save(st)
             try:
                 self._build(topo)
+                self._setup_ssh(topo)  # keys into the overlays before the containers boot
                 spawned = self._spawn_reflector()  # python starts while the anchors come up
                 if spawned is not None:
                     st["pids"]["reflector"] = {"pid": spawned.pid, "start": proc_start_time(spawned.pid),
@@ -814,8 +953,18 @@ table inet {t} {{
         return out
 
     # ---- inventory ---------------------------------------------------------------------------------
-    def inventory(self) -> dict[str, Any]:
+    def inventory(self, connection: str = "nsenter", via: str = "lan", uplink: str | None = None) -> dict[str, Any]:
+        """Inventory of the gateways. ``connection="nsenter"`` (default): the collection's nsenter
+        connection into the gateway's namespaces. ``connection="ssh"``: systemd-mode gateways
+        are reached with plain OpenSSH through the lab's network (see :meth:`ssh_target` for
+        ``via`` and ``uplink``); other gateways (no sshd) keep the nsenter connection."""
+        if connection not in ("nsenter", "ssh"):
+            raise LabError(f"unknown connection {connection!r} (choose nsenter or ssh)")
+        if via not in SSH_VIA:
+            raise LabError(f"unknown management path {via!r} (choose {', '.join(SSH_VIA)})")
         topo = self.topology
+        if connection == "ssh" and not any(s.systemd for s in topo.sites):
+            raise LabError(f"lab {self.name}: no systemd-mode gateway, so no sshd (up --systemd)")
         hosts = {}
         for s in topo.sites:
             ups = []
@@ -846,10 +995,14 @@ table inet {t} {{
                 # boot); /usr/bin/python3 is the container's own (mount namespace).
                 hosts[s.name]["multiwan_nsenter_namespaces"] = list(SYSTEMD_NAMESPACES)
                 hosts[s.name]["mwlab_systemd"] = True
+                if connection == "ssh":
+                    # multiwan_nsenter_* stay: the lab (and a test undoing a cut) can still enter
+                    ssh = self._ssh_hostvars(s.name, via, uplink, topo)
+                    hosts[s.name] = {**ssh, **{k: v for k, v in hosts[s.name].items() if k not in ssh}}
         return {"all": {"children": {"gateways": {"hosts": hosts}}}}
 
-    def inventory_yaml(self) -> str:
-        inv = self.inventory()
+    def inventory_yaml(self, connection: str = "nsenter", via: str = "lan", uplink: str | None = None) -> str:
+        inv = self.inventory(connection, via, uplink)
         try:
             import yaml  # type: ignore[import-untyped]
         except ImportError:  # JSON is valid YAML

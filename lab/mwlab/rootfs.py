@@ -7,6 +7,11 @@ either and a new tree is built beside the old one. A build runs under an exclusi
 ``/var/cache/mwlab/rootfs.lock`` in a temporary directory that is renamed into place only when
 complete, so concurrent callers wait for one build and a crashed build is never used.
 
+sshd (openssh-server) starts at boot and listens on every address, port 22; root may log in by
+key only. The tree holds no host keys: the lab gives each gateway its own (and its
+``/root/.ssh/authorized_keys``) in the gateway's overlay at ``up``; a gateway without one makes
+an ed25519 host key when sshd starts.
+
 Gateways never write to the cache: each one boots an overlay (lower = this tree, upper/work under
 ``/var/lib/mwlab/{lab}/{site}/rootfs/``) mounted in a private mount namespace (see container.py).
 
@@ -37,14 +42,17 @@ CACHE_ROOT = Path(os.environ.get("MWLAB_CACHE", "/var/cache/mwlab"))
 SUITE = "bookworm"
 # What a lab gateway needs to be a real Debian box for the collection: systemd as PID 1, python3
 # for Ansible, the tools the modules and the watchdog run (ip, nft, conntrack, ping, sysctl,
-# modprobe), python3-apt so ansible.builtin.apt works offline for "present" checks.
+# modprobe), python3-apt so ansible.builtin.apt works offline for "present" checks, openssh-server
+# so Ansible can also reach a gateway through the lab's network (``inventory --connection ssh``).
 PACKAGES = (
     "systemd", "systemd-sysv", "dbus", "python3", "python3-apt", "iproute2", "nftables",
-    "conntrack", "iputils-ping", "procps", "kmod",
+    "conntrack", "iputils-ping", "procps", "kmod", "openssh-server",
 )
 # Bump when the post-debootstrap changes below change (it is part of the cache key).
-RECIPE = "2"
-HOST_PACKAGES = {"debootstrap": "/usr/sbin/debootstrap", "systemd-container": "/usr/bin/systemd-nspawn"}
+RECIPE = "3"
+# ssh-keygen makes the lab's management key and each gateway's host key (systemd mode).
+HOST_PACKAGES = {"debootstrap": "/usr/sbin/debootstrap", "systemd-container": "/usr/bin/systemd-nspawn",
+                 "openssh-client": "/usr/bin/ssh-keygen"}
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
 
 # Units that make no sense in a lab gateway container (no consoles, no hardware, no time sync
@@ -202,6 +210,28 @@ def _customize(root: Path) -> None:
     (jd / "mwlab.conf").write_text("[Journal]\nStorage=volatile\nRuntimeMaxUse=8M\n")
     # No apt downloads from inside a gateway (the lab has no real internet).
     (etc / "apt" / "apt.conf.d" / "99mwlab").write_text('APT::Periodic::Enable "0";\n')
+    # sshd: on at boot (the package's postinst enables it; make sure), all addresses, port 22,
+    # root by key only. Host keys are per gateway (the lab writes them into the overlay at up):
+    # none in the shared tree, and sshd makes one at start when a gateway has none.
+    for key in (etc / "ssh").glob("ssh_host_*"):
+        key.unlink()
+    (etc / "ssh" / "sshd_config.d").mkdir(parents=True, exist_ok=True)
+    (etc / "ssh" / "sshd_config.d" / "mwlab.conf").write_text(
+        "# mwlab: root by key only (the lab installs /root/.ssh/authorized_keys at up)\n"
+        "PermitRootLogin prohibit-password\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n"
+        "HostKey /etc/ssh/ssh_host_ed25519_key\nUseDNS no\n")
+    dropin = etc / "systemd" / "system" / "ssh.service.d"
+    dropin.mkdir(parents=True, exist_ok=True)
+    (dropin / "mwlab.conf").write_text(
+        "[Service]\nExecStartPre=\n"
+        "ExecStartPre=/bin/sh -c 'test -s /etc/ssh/ssh_host_ed25519_key || "
+        "ssh-keygen -q -t ed25519 -N \"\" -f /etc/ssh/ssh_host_ed25519_key'\n"
+        "ExecStartPre=/usr/sbin/sshd -t\n")
+    wants = etc / "systemd" / "system" / "multi-user.target.wants" / "ssh.service"
+    if not wants.is_symlink():
+        wants.parent.mkdir(parents=True, exist_ok=True)
+        wants.symlink_to("/lib/systemd/system/ssh.service")
+    (etc / "ssh" / "sshd_not_to_be_run").unlink(missing_ok=True)
     # Keep the image small: apt's package lists and archives are not needed at run time.
     shutil.rmtree(root / "var/cache/apt/archives", ignore_errors=True)
     (root / "var/cache/apt/archives/partial").mkdir(parents=True, exist_ok=True)
