@@ -62,6 +62,15 @@ def read_file(path):
         return None
 
 
+def read_json(path):
+    """A JSON file's content, or None when it is missing or unreadable (the guard's state files)."""
+    try:
+        with open(path) as handle:
+            return json.load(handle)
+    except (IOError, OSError, ValueError):
+        return None
+
+
 def _ours(items, protocol):
     return [item for item in items if item.get("protocol") == protocol]
 
@@ -227,10 +236,8 @@ def log(message):
 def rollback_command(directory, iproute=None, nft=None, reload_watchdog=True):
     """``multiwan rollback --dir DIR``: the armed restore, run on the gateway at the deadline."""
     armed_path, snapshot_path = os.path.join(directory, "armed.json"), os.path.join(directory, "snapshot.json")
-    try:
-        with open(armed_path) as handle:
-            armed = json.load(handle)
-    except (IOError, OSError, ValueError):
+    armed = read_json(armed_path)
+    if armed is None:
         log("rollback: nothing is armed in %s (confirmed in time)" % directory)
         return 0
     saved = load(snapshot_path)

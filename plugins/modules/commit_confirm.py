@@ -122,7 +122,6 @@ rolled_back:
 """
 
 import glob
-import json
 import os
 import shutil
 import time
@@ -136,14 +135,6 @@ TIMER_UNIT = "multiwan-rollback"
 
 def _paths(directory):
     return dict((name, os.path.join(directory, name + ".json")) for name in ("snapshot", "armed", "rolled-back"))
-
-
-def _read_json(path):
-    try:
-        with open(path) as handle:
-            return json.load(handle)
-    except (IOError, OSError, ValueError):
-        return None
 
 
 def _systemd():
@@ -200,8 +191,8 @@ def main():
     )
     params = module.params
     paths = _paths(params["directory"])
-    armed = _read_json(paths["armed"])
-    rolled_back = _read_json(paths["rolled-back"])
+    armed = _rollback.read_json(paths["armed"])
+    rolled_back = _rollback.read_json(paths["rolled-back"])
     result = dict(changed=False, armed=armed is not None)
     if rolled_back and (armed is None or rolled_back.get("time", 0) >= armed.get("armed_at", 0)):
         result["rolled_back"] = rolled_back
